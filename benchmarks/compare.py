@@ -1,7 +1,10 @@
 """Run named `fedsqueeze simulate` variants on the same task and compare them.
 
 Each variant is a real run (server and client processes over loopback gRPC).
-The first variant is the baseline the others are measured against. Writes
+The first variant is the baseline the others are measured against. Runs live
+in ``OUT/runs/<setting>/<label>``; a run whose recorded command matches is
+reused, not repeated, so comparisons on the same setting share their
+baseline and an interrupted comparison resumes where it stopped. Writes
 ``OUT/NAME.json`` (every report plus the summary), ``OUT/NAME.md`` (the table)
 and ``OUT/NAME.png`` (accuracy against cumulative bytes), and prints the table.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
@@ -27,17 +31,33 @@ from fedsqueeze.plotting import plot_accuracy_vs_bytes
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_variant(label: str, extra: list[str], common: list[str], out: Path) -> dict[str, Any]:
-    run_dir = out / label.replace(" ", "_").replace("/", "_").replace(",", "").replace("+", "p")
-    command = [sys.executable, "-m", "fedsqueeze", "simulate", *common, *extra, "--out", str(run_dir)]
-    print(f"\n=== {label}: {shlex.join(command[3:])}", flush=True)
+def slug(text: str) -> str:
+    """A folder name for ``text``: letters, digits, ``.``, ``-`` and ``_`` only."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")
+
+
+def run_variant(label: str, extra: list[str], common: list[str], runs: Path) -> dict[str, Any]:
+    """Run one variant, or reuse its finished run when the recorded command is the same."""
+    run_dir = runs / slug(label)
+    command = shlex.join(["simulate", *common, *extra])
+    record = run_dir / "compare.json"
+    if record.exists():
+        report = json.loads(record.read_text())
+        if report.get("command") == command:
+            print(f"\n=== {label}: reusing {run_dir} ({command})", flush=True)
+            return report
+    print(f"\n=== {label}: {command}", flush=True)
     started = time.monotonic()
-    result = subprocess.run(command, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze", *shlex.split(command), "--out", str(run_dir)],
+                            cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"variant {label!r} failed (exit {result.returncode}); logs in {run_dir / 'logs'}")
     report = json.loads((run_dir / "report.json").read_text())
     report["wall_seconds"] = time.monotonic() - started
-    report["command"] = shlex.join(command[3:])
+    report["command"] = command
+    storage_tmp = record.with_suffix(".tmp")
+    storage_tmp.write_text(json.dumps(report, indent=2) + "\n")
+    storage_tmp.replace(record)
     return report
 
 
@@ -125,10 +145,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     common = ["--data", args.data, "--clients", str(args.clients), "--rounds", str(args.rounds),
               "--partition", args.partition, "--seed", str(args.seed)]
+    runs = out / "runs" / slug(f"{args.data}_{args.clients}c_{args.rounds}r_{args.partition}_s{args.seed}")
     reports = {}
     for variant in args.variants:
         label, _, extra = variant.partition("=")
-        reports[label] = run_variant(label, shlex.split(extra), common, out / args.name)
+        reports[label] = run_variant(label, shlex.split(extra), common, runs)
     rows = summarise(reports)
     table = markdown(rows)
     setting = (f"{args.data}, {args.clients} clients, {args.partition}, {args.rounds} rounds, seed {args.seed}")

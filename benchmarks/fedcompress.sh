@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # FedCompress evaluation (issue 4): Fashion-MNIST, 10 clients, 30 rounds, IID and Dirichlet(0.5).
 # FedAvg gets the same local work as FedCompress (2 epochs = 1 epoch + 1 clustered fine-tuning epoch),
-# as in the authors' code. About 2.5 hours on a 2-core machine.
+# as in the authors' code. About 2.5 hours on a 2-core machine; finished runs are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for partition in iid "dirichlet(alpha=0.5)"; do

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import threading
 import time
 import zlib
 from collections.abc import Iterator
 
-import numpy as np
-
 import grpc
+import numpy as np
 import torch
 
 from fedsqueeze.backoff import Backoff
@@ -55,6 +55,7 @@ class ClientDaemon:
         self.client_id = client_id
         self.capabilities = capabilities
         self.rounds_done = 0
+        self.instance_id = secrets.token_hex(8)
         self._stop = threading.Event()
         self._inflight: grpc.Future | None = None
         self._session: str | None = None
@@ -123,7 +124,8 @@ class ClientDaemon:
 
     def _join(self) -> None:
         request = pb.JoinRequest(client_id=self.client_id, capabilities=self.capabilities,
-                                 uplink_codec=self.config.uplink or "", downlink_codec=self.config.downlink or "")
+                                 uplink_codec=self.config.uplink or "", downlink_codec=self.config.downlink or "",
+                                 instance_id=self.instance_id)
         try:
             reply = self._call(self._stub.Join.future(request, timeout=UNARY_TIMEOUT))
         except grpc.RpcError as exc:
@@ -169,18 +171,18 @@ class ClientDaemon:
         downloaded = self._download(task, trainer)
         hyperparameters = self._hyperparameters(task.hyperparameters)
         result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
-        update = self._encode_update(task, result.update, result.metrics)
+        update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)
         self._submit(task, update, result.num_examples, result.metrics)
         self.rounds_done += 1
         log.info("round %d: trained on %d examples (loss %.4f), sent %d payload bytes in %.1f s",
                  task.round, result.num_examples, result.metrics.get("train_loss", float("nan")),
                  update.payload_size, time.monotonic() - started)
 
-    def _encode_update(self, task: pb.TrainTask, update: dict[str, torch.Tensor],
-                       metrics: dict[str, float]) -> EncodedModel:
+    def _encode_update(self, task: pb.TrainTask, update: dict[str, torch.Tensor], metrics: dict[str, float],
+                       feedback_applied: bool) -> EncodedModel:
         """Encode with the task's uplink plan; with error feedback, carry what a lossy codec drops."""
         expected = expect_all(model_spec(update), task.uplink_codec)
-        feedback = task.error_feedback and not get_plan(task.uplink_codec).lossless
+        feedback = task.error_feedback and not feedback_applied and not get_plan(task.uplink_codec).lossless
         if feedback:
             update = self._feedback.compensate(update)
         encoded = encode_model(update, expected)

@@ -16,7 +16,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedsqueeze.wire import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 
 ENV_PREFIX = "FEDSQUEEZE_"
 
@@ -51,6 +51,7 @@ class ServerConfig:
     client_codecs: bool = option(True, "honour codec plans that clients ask for at Join")
     seed: int = option(0, "seed for model initialisation and client selection")
     out: str | None = option(None, "directory for report.json, rewritten after every round")
+    state_dir: str | None = option(None, "directory for state that outlives a restart (e.g. registered decoders)")
     threads: int = option(0, "torch threads for aggregation and evaluation (0: torch's default)")
     poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
     client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")
@@ -88,7 +89,9 @@ class SimulateConfig(ServerConfig):
     insecure: bool = option(True, "simulate talks plaintext over loopback")
     clients: int = option(4, "client processes to start")
     min_clients: int = option(0, "clients a round needs (0: all of --clients)")
-    partition: str = option("iid", "partition scheme: iid or dirichlet(alpha=A)")
+    partition: str = option("iid", "partition scheme: iid, dirichlet(alpha=A) or skewed(last=N,classes=C,share=S)")
+    partitions: int = option(0, "parts the data is split into (0: one per client); client i holds part i")
+    budgets: str = option("", "compute budgets of the clients in order, comma-separated, repeating (e.g. 1,0.3,0.1)")
     client_threads: int = option(1, "torch threads per client process")
     out: str | None = option("runs/latest", "directory for report.json, report.png and logs")
 

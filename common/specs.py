@@ -1,11 +1,13 @@
 """The one-line spec syntax shared by codecs, models, datasets and methods.
 
 A spec names a registered thing and its parameters: ``name`` or
-``name(key=value, ...)``, e.g. ``cnn(channels=32)`` or ``dense(dtype=float16)``.
-Values are ints, floats, booleans (``true``/``false``) or bare strings; a bare
-string may hold letters, digits and ``_ - . / :``. ``format_spec`` writes the
-canonical form (sorted keys, no spaces), so two equal specs compare equal as
-strings.
+``name(key=value, ...)``, e.g. ``cnn(width=32)`` or ``dense(dtype=float16)``.
+Values are ints, floats, booleans (``true``/``false``) or bare strings of
+letters, digits and ``_ - . / : +``. A value may also be a nested spec or
+pipeline, with balanced parentheses, kept as text:
+``ae(correction=sparse(ratio=0.001)|dense(dtype=float16)|zstd, latent=16)``.
+``format_spec`` writes the canonical form (sorted keys, no spaces), so two
+equal specs compare equal as strings.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_NAME = r"[A-Za-z][A-Za-z0-9_\-]*"
-_SPEC_RE = re.compile(rf"^\s*(?P<name>{_NAME})\s*(?:\((?P<args>[^()]*)\))?\s*$")
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VALUE_RE = re.compile(r"^[A-Za-z0-9_\-./:+]+$")
+_NESTED_RE = re.compile(r"^[A-Za-z0-9_\-./:+*|()=,;\s]+$")
 
 SpecValue = int | float | bool | str
 
@@ -37,21 +39,42 @@ def _parse_value(text: str) -> SpecValue:
     return text
 
 
+def _split_top_level(text: str, spec: str) -> list[str]:
+    """Split on commas outside parentheses; refuse unbalanced parentheses."""
+    items, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise SpecError(f"unbalanced parentheses in spec {spec!r}")
+        elif char == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    if depth:
+        raise SpecError(f"unbalanced parentheses in spec {spec!r}")
+    items.append(text[start:])
+    return [item.strip() for item in items if item.strip()]
+
+
 def parse_spec(text: str) -> tuple[str, dict[str, SpecValue]]:
     """Split ``name(k=v, ...)`` into its name and a dict of typed parameters."""
-    match = _SPEC_RE.match(text)
-    if not match:
+    stripped = text.strip()
+    name, paren, rest = stripped.partition("(")
+    name = name.strip()
+    if not _NAME_RE.match(name) or (paren and not rest.endswith(")")):
         raise SpecError(f"malformed spec {text!r}: expected name or name(key=value, ...)")
     params: dict[str, SpecValue] = {}
-    args = (match.group("args") or "").strip()
-    for item in filter(None, (part.strip() for part in args.split(","))) if args else ():
+    for item in _split_top_level(rest[:-1], text) if paren else ():
         key, sep, value = (s.strip() for s in item.partition("="))
-        if not sep or not _KEY_RE.match(key) or not _VALUE_RE.match(value):
+        nested = "(" in value or "|" in value
+        if not sep or not _KEY_RE.match(key) or not (_NESTED_RE if nested else _VALUE_RE).match(value or "!"):
             raise SpecError(f"malformed parameter {item!r} in spec {text!r}: expected key=value")
         if key in params:
             raise SpecError(f"parameter {key!r} repeated in spec {text!r}")
-        params[key] = _parse_value(value)
-    return match.group("name"), params
+        params[key] = value if nested else _parse_value(value)
+    return name, params
 
 
 def format_spec(name: str, params: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from fedsqueeze.wire import MAX_MESSAGE_BYTES
+from fedsqueeze.limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,9 @@ import torch
 
 from fedsqueeze.codecs import Pipeline, get_plan
 from fedsqueeze.errors import PayloadError
+from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 from fedsqueeze.tensors import DTYPE_BY_WIRE, DTYPES, TensorSpec
 from fedsqueeze.v1 import federation_pb2 as pb
-
-DEFAULT_CHUNK_BYTES = 1 << 20   # payload bytes per Chunk by default
-MAX_CHUNK_BYTES = 4 << 20       # protocol limit on Chunk.data
-# gRPC's own cap on one message: a full Chunk plus room for its header fields.
-MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + (64 << 10)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.data.datasets import load_split
 from fedsqueeze.evaluation import evaluate
+from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.server.metering import ByteMeter, MeteringInterceptor
@@ -24,7 +25,6 @@ from fedsqueeze.server.strategies import make_strategy
 from fedsqueeze.transport import server_options
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import MAX_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 

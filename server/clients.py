@@ -25,6 +25,7 @@ class ClientInfo:
     open_polls: int = 0   # GetTask calls being held right now: the client is surely alive
     uplink_codec: str = ""     # codec plans the client asked for ("" for none), canonical
     downlink_codec: str = ""
+    instance_id: str = ""      # changes when the client daemon restarts
 
 
 class ClientRegistry:
@@ -35,7 +36,8 @@ class ClientRegistry:
         self._by_id: dict[str, ClientInfo] = {}
         self._by_session: dict[str, ClientInfo] = {}
 
-    def join(self, client_id: str, capabilities: pb.Capabilities, uplink: str = "", downlink: str = "") -> ClientInfo:
+    def join(self, client_id: str, capabilities: pb.Capabilities, uplink: str = "", downlink: str = "",
+             instance_id: str = "") -> ClientInfo:
         if not _CLIENT_ID_RE.match(client_id):
             raise PayloadError(f"client_id {client_id[:64]!r} must be 1-128 characters of "
                                "letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -47,7 +49,8 @@ class ClientRegistry:
             self._by_session.pop(old.session_id, None)
         info = ClientInfo(client_id, capabilities, secrets.token_urlsafe(18),
                           uplink_codec=get_plan(uplink).spec if uplink else "",
-                          downlink_codec=get_plan(downlink).spec if downlink else "")
+                          downlink_codec=get_plan(downlink).spec if downlink else "",
+                          instance_id=instance_id[:64])
         if old is not None:
             info.updates_committed = old.updates_committed
         self._by_id[client_id] = info

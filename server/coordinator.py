@@ -29,13 +29,15 @@ from torch import nn
 
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
+from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
-from fedsqueeze.server.history import build_report, write_json_atomic
+from fedsqueeze.server.history import build_report
 from fedsqueeze.server.metering import ByteMeter
+from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.wire import MAX_CHUNK_BYTES, EncodedModel, ExpectedTensor, encode_model
+from fedsqueeze.wire import EncodedModel, ExpectedTensor, encode_model
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +214,8 @@ class Coordinator:
 
     def join(self, request: pb.JoinRequest) -> pb.JoinReply:
         client_id, capabilities = request.client_id, request.capabilities
-        info = self.clients.join(client_id, capabilities, request.uplink_codec, request.downlink_codec)
+        info = self.clients.join(client_id, capabilities, request.uplink_codec, request.downlink_codec,
+                                 request.instance_id)
         log.info("client %s joined (%d cores, %.0f samples/s, budget %.2f)", client_id, capabilities.cpu_cores,
                  capabilities.train_samples_per_second, capabilities.compute_budget or 1.0)
         self._notify()
@@ -268,13 +271,14 @@ class Coordinator:
             model_payload_size=rnd.downlinks[plan.profile].payload_size,
             error_feedback=self.config.error_feedback and plan.error_feedback))
 
-    def begin_download(self, session_id: str, task_id: str) -> tuple[OpenRound, EncodedModel]:
+    def begin_download(self, session_id: str, task_id: str) -> tuple[OpenRound, ClientPlan, EncodedModel]:
         client = self.clients.by_session(session_id)
         rnd, assignment = self._open_task(task_id, client)
-        return rnd, rnd.downlinks[assignment.plan.profile]
+        return rnd, assignment.plan, rnd.downlinks[assignment.plan.profile]
 
-    def download_completed(self, rnd: OpenRound, model: EncodedModel) -> None:
+    def download_completed(self, rnd: OpenRound, plan: ClientPlan, model: EncodedModel) -> None:
         rnd.dense_down += model.dense_bytes
+        self.strategy.downloaded(plan, model.payload_size)
 
     def begin_upload(self, header: pb.UpdateHeader) -> Upload:
         """Check an update's header; reserve its task until ``commit`` or ``Upload.release``."""
@@ -297,14 +301,14 @@ class Coordinator:
         assignment.status = "uploading"
         return Upload(rnd, assignment, client, header)
 
-    def commit(self, upload: Upload, tensors: dict[str, np.ndarray]) -> pb.SubmitReply:
+    def commit(self, upload: Upload, tensors: dict[str, np.ndarray], sizes: dict[str, int]) -> pb.SubmitReply:
         """Fold a complete, verified update into its round, if that round is still open."""
         rnd, assignment = upload.round, upload.assignment
         if rnd is not self.current or not rnd.is_open:
             raise RoundStateError(f"round {rnd.number} closed while the update was in flight")
         header = upload.header
         update = ClientUpdate(upload.client.client_id, assignment.plan, tensors, header.num_examples,
-                              dict(header.metrics))
+                              dict(header.metrics), sizes)
         self.strategy.accumulate(rnd.accumulator, update)
         assignment.status = "committed"
         upload.client.updates_committed += 1

@@ -1,4 +1,4 @@
-"""Per-round records and the run report (report.json), written atomically.
+"""Per-round records and the run report (report.json).
 
 A round's record is the ``RoundMetrics`` message of the protocol, so the
 Operator API and the report cannot disagree; ``metrics_dict`` is its JSON form
@@ -7,10 +7,6 @@ Operator API and the report cannot disagree; ``metrics_dict`` is its JSON form
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -23,22 +19,6 @@ def metrics_dict(record: pb.RoundMetrics) -> dict[str, Any]:
         value = getattr(record, field.name)
         values[field.name] = dict(sorted(value.items())) if field.message_type else value
     return values
-
-
-def write_json_atomic(path: Path, document: Any) -> None:
-    """Write JSON so readers see the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(document, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def build_report(method: str, config: dict[str, Any], rounds: list[pb.RoundMetrics],

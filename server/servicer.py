@@ -67,13 +67,13 @@ class FederationServicer(pb_grpc.FederationServicer):
     async def DownloadModel(self, request: pb.DownloadRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            rnd, model = self._coordinator.begin_download(request.session_id, request.task_id)
+            rnd, plan, model = self._coordinator.begin_download(request.session_id, request.task_id)
         except FedsqueezeError as exc:
             await _abort(context, "DownloadModel", exc)
             return
         for chunk in model.chunks(self._chunk_bytes):
             yield chunk
-        self._coordinator.download_completed(rnd, model)
+        self._coordinator.download_completed(rnd, plan, model)
 
     @status_errors
     async def SubmitUpdate(self, request_iterator: AsyncIterator[pb.UpdateMessage],
@@ -85,7 +85,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         upload = self._coordinator.begin_upload(first.header)
         try:
             receiver = StreamReceiver(upload.expected)
-            tensors = {}
+            tensors, sizes = {}, {}
             async for message in messages:
                 if not upload.round.is_open:
                     raise RoundStateError(f"round {upload.round.number} closed during the upload")
@@ -95,8 +95,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 if done is not None:
                     name = done.spec.name
                     tensors[name] = await asyncio.to_thread(decode_tensor, done, upload.expected[name])
+                    sizes[name] = len(done.payload)
             receiver.finish()
-            reply = self._coordinator.commit(upload, tensors)
+            reply = self._coordinator.commit(upload, tensors, sizes)
             reply.payload_bytes = receiver.payload_size
             return reply
         finally:

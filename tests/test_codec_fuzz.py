@@ -14,8 +14,9 @@ import pytest
 import zstandard
 
 from fedsqueeze.codecs import LATENT_MODELS, CodecError, LatentModel, get_pipeline
-from mutations import mutate
 from fedsqueeze.tensors import TensorSpec
+
+from mutations import mutate
 
 PER_CODEC = 10_000
 SPEC = TensorSpec("w", (24, 17))
@@ -28,11 +29,16 @@ CODECS = [
 class Halves(LatentModel):
     """Codes are pairwise means; enough to exercise the latent stage's framing."""
 
-    def encode(self, array: np.ndarray) -> np.ndarray:
-        return array.reshape(-1, 2).mean(axis=1)
+    def encode(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pairs = array.reshape(-1, 2)
+        return pairs.mean(axis=1), np.abs(pairs).max(axis=1)
 
-    def decode(self, codes: np.ndarray, spec: TensorSpec) -> np.ndarray:
-        return np.repeat(codes, 2).reshape(spec.shape)
+    def decode(self, codes: np.ndarray, scales: np.ndarray, spec: TensorSpec) -> np.ndarray:
+        with np.errstate(all="ignore"):   # mutated codes may overflow; the receiver refuses non-finite output
+            return np.repeat(codes * scales, 2).reshape(spec.shape)
+
+    def scale_count(self, spec: TensorSpec) -> int:
+        return spec.numel // 2
 
     def code_count(self, spec: TensorSpec) -> int:
         return spec.numel // 2

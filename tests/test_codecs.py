@@ -137,14 +137,19 @@ class Projection(LatentModel):
 
     chunk = 4
 
-    def encode(self, array: np.ndarray) -> np.ndarray:
+    def encode(self, array: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = array.reshape(-1)
         padded = np.zeros(self.code_count(TensorSpec("x", array.shape)) * self.chunk, np.float32)
         padded[:flat.size] = flat
-        return padded.reshape(-1, self.chunk).mean(axis=1)
+        means = padded.reshape(-1, self.chunk).mean(axis=1)
+        scale = max(float(np.abs(means).max()), 1e-30)
+        return means / scale, np.array([scale], np.float32)
 
-    def decode(self, codes: np.ndarray, spec: TensorSpec) -> np.ndarray:
-        return np.repeat(codes, self.chunk)[:spec.numel].reshape(spec.shape)
+    def decode(self, codes: np.ndarray, scales: np.ndarray, spec: TensorSpec) -> np.ndarray:
+        return (np.repeat(codes, self.chunk)[:spec.numel] * scales[0]).reshape(spec.shape)
+
+    def scale_count(self, spec: TensorSpec) -> int:
+        return 1
 
     def code_count(self, spec: TensorSpec) -> int:
         return -(-spec.numel // self.chunk)
@@ -155,10 +160,11 @@ def test_latent_codes_name_their_decoder() -> None:
     try:
         array = np.arange(10, dtype=np.float32).reshape(2, 5)
         decoded, payload = round_trip("latent(decoder=proj,version=3)|dense(dtype=float16)|zstd", array)
-        assert np.allclose(decoded, Projection().decode(Projection().encode(array), TensorSpec("t", (2, 5))))
+        assert np.allclose(decoded, Projection().decode(*Projection().encode(array), TensorSpec("t", (2, 5))),
+                           rtol=2**-7)
         with pytest.raises(CodecError, match="no latent decoder 'proj' version 4"):
             get_pipeline("latent(decoder=proj,version=4)").decode(payload, TensorSpec("t", (2, 5)))
-        with pytest.raises(CodecError, match="codes; decoder 'proj' v3 reads"):
+        with pytest.raises(CodecError, match="codes and 1 scales; decoder 'proj' v3 reads"):
             get_pipeline("latent(decoder=proj,version=3)|dense(dtype=float16)|zstd").decode(
                 payload, TensorSpec("t", (4, 5)))
     finally:

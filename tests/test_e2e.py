@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import FAST_SERVER, Cluster, free_port, wait_for
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
+
+from conftest import FAST_SERVER, Cluster, free_port, wait_for
 
 
 def test_simulate_trains_and_counts_every_byte(tmp_path: Path) -> None:

@@ -18,23 +18,33 @@ import numpy as np
 import pytest
 import zstandard
 
-from conftest import FAST_SERVER, Cluster, wait_for
-from mutations import mutate
+from fedsqueeze.errors import PayloadError
+from fedsqueeze.limits import MAX_MESSAGE_BYTES
 from fedsqueeze.models import build_model
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.errors import PayloadError
-from fedsqueeze.wire import (MAX_MESSAGE_BYTES, EncodedModel, EncodedTensor, ExpectedTensor, decode_tensor,
-                             encode_model, expect_all, receive_model)
+from fedsqueeze.wire import (
+    EncodedModel,
+    EncodedTensor,
+    ExpectedTensor,
+    decode_tensor,
+    encode_model,
+    expect_all,
+    receive_model,
+)
+
+from conftest import FAST_SERVER, Cluster, wait_for
+from mutations import mutate
 
 
 class Prober:
     """A hand-driven client: join, take a task, download, send whatever it is told to."""
 
-    def __init__(self, channel: grpc.Channel) -> None:
+    def __init__(self, channel: grpc.Channel, budget: float = 0.0) -> None:
         self.stub = pb_grpc.FederationStub(channel)
-        reply = self.stub.Join(pb.JoinRequest(client_id="prober", capabilities=pb.Capabilities(cpu_cores=1)))
+        reply = self.stub.Join(pb.JoinRequest(client_id="prober", capabilities=pb.Capabilities(
+            cpu_cores=1, compute_budget=budget)))
         self.session = reply.session_id
         self.specs = model_spec(float_state(build_model(reply.model)))
         self.expected = expect_all(self.specs, "dense")

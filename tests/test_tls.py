@@ -22,7 +22,7 @@ def _name(common_name: str) -> x509.Name:
 
 def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA, and a server certificate it signs for 127.0.0.1 and localhost."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (x509.CertificateBuilder().subject_name(_name("test CA")).issuer_name(_name("test CA"))
           .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)

@@ -9,10 +9,18 @@ from hypothesis import strategies as st
 
 from fedsqueeze.codecs import get_pipeline
 from fedsqueeze.errors import PayloadError
+from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.tensors import TensorSpec
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.wire import (MAX_CHUNK_BYTES, EncodedModel, EncodedTensor, ExpectedTensor, StreamReceiver, encode_model,
-                             expect_all, receive_model)
+from fedsqueeze.wire import (
+    EncodedModel,
+    EncodedTensor,
+    ExpectedTensor,
+    StreamReceiver,
+    encode_model,
+    expect_all,
+    receive_model,
+)
 
 SPECS = {"conv.weight": TensorSpec("conv.weight", (4, 1, 3, 3)), "conv.bias": TensorSpec("conv.bias", (4,)),
          "empty": TensorSpec("empty", (0, 3)), "fc.weight": TensorSpec("fc.weight", (10, 36))}

@@ -1,9 +1,11 @@
 """Client trainers by method name."""
 
+from fedsqueeze.client.trainers.autoencoder import AutoencoderTrainer
 from fedsqueeze.client.trainers.base import Stopped, Trainer, TrainResult
 from fedsqueeze.client.trainers.fedcompress import FedCompressTrainer
 from fedsqueeze.client.trainers.local import FedAvgTrainer
 
-TRAINERS: dict[str, type[Trainer]] = {cls.method: cls for cls in (FedAvgTrainer, FedCompressTrainer)}
+TRAINERS: dict[str, type[Trainer]] = {
+    cls.method: cls for cls in (FedAvgTrainer, FedCompressTrainer, AutoencoderTrainer)}
 
 __all__ = ["Stopped", "TRAINERS", "TrainResult", "Trainer"]

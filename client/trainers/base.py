@@ -31,6 +31,7 @@ class TrainResult:
     update: dict[str, torch.Tensor]   # the tensors to send, encoded with the task's uplink codec
     num_examples: int                 # aggregation weight
     metrics: dict[str, float]
+    feedback_applied: bool = False    # the trainer ran error feedback itself (over a composite of tensors)
 
 
 class Trainer(ABC):

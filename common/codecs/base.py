@@ -59,6 +59,12 @@ class ArrayStage(Stage):
     """Encodes a float32 array into a section of the payload, maybe leaving a rest for the next stage."""
 
     terminal: ClassVar[bool]
+    closed_loop: ClassVar[bool] = False   # a transform that refines its section given the rest as received
+
+    def refine(self, section: bytes, array: np.ndarray, received_rest: np.ndarray) -> bytes:
+        """For closed-loop transforms: rewrite ``section`` knowing what the receiver will decode of the rest
+        (after the later, lossy stages), e.g. to fit scales to it."""
+        return section
 
     @abstractmethod
     def encode(self, array: np.ndarray) -> tuple[bytes, np.ndarray | None]:

@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 
 from fedsqueeze.codecs.base import ArrayStage, DecodeRest, register_stage
-from fedsqueeze.codecs.binary import CodecError, Reader, float32_bytes, gather_packed, pack_bits, packed_size, \
-    uint_bytes
+from fedsqueeze.codecs.binary import (
+    CodecError,
+    Reader,
+    float32_bytes,
+    gather_packed,
+    pack_bits,
+    packed_size,
+    uint_bytes,
+)
 from fedsqueeze.tensors import TensorSpec
 
 MAX_K = 256

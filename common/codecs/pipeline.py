@@ -33,6 +33,10 @@ from fedsqueeze.tensors import TensorSpec
 _GLOB_RE = re.compile(r"^\s*([A-Za-z0-9_.*?\[\]\-]+)\s*=")
 
 
+def _no_rest(spec: TensorSpec) -> np.ndarray:
+    raise AssertionError("a terminal stage has no rest")
+
+
 class Pipeline:
     """A tensor's codec: transform stages, a terminal stage, byte stages. Encodes float32 arrays to bytes."""
 
@@ -64,13 +68,28 @@ class Pipeline:
         array = np.asarray(array, dtype=np.float32)
         if not np.isfinite(array).all():
             raise ValueError("cannot encode non-finite values")
-        sections = []
+        sections, inputs = [], []
         for stage in self.transforms:
+            inputs.append(array)
             section, array = stage.encode(array)
             sections.append(section)
+        variants = self.terminal.encode_variants(array)
+        if any(stage.closed_loop for stage in self.transforms):
+            self._close_loops(sections, inputs, variants[0], array.shape)
         prefix = b"".join(sections)
-        candidates = [self._compress(prefix + v) for v in self.terminal.encode_variants(array)]
+        candidates = [self._compress(prefix + v) for v in variants]
         return min(candidates, key=len)
+
+    def _close_loops(self, sections: list[bytes], inputs: list[np.ndarray], terminal_section: bytes,
+                     rest_shape: tuple[int, ...]) -> None:
+        """Let closed-loop transforms refine their sections against what the receiver will decode."""
+        received = self.terminal.decode(Reader(terminal_section), TensorSpec("rest", rest_shape), _no_rest)
+        for i in reversed(range(len(self.transforms))):
+            stage = self.transforms[i]
+            sections[i] = stage.refine(sections[i], inputs[i], received)
+            if i:
+                received = stage.decode(Reader(sections[i]), TensorSpec("rest", inputs[i].shape),
+                                        lambda _, rest=received: rest)
 
     def _compress(self, data: bytes) -> bytes:
         for stage in self.compressors:

@@ -80,16 +80,18 @@ class Capabilities(_message.Message):
     def __init__(self, cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., train_samples_per_second: _Optional[float] = ..., compute_budget: _Optional[float] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("client_id", "capabilities", "uplink_codec", "downlink_codec")
+    __slots__ = ("client_id", "capabilities", "uplink_codec", "downlink_codec", "instance_id")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     UPLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
     DOWNLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     capabilities: Capabilities
     uplink_codec: str
     downlink_codec: str
-    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("name", "config_json")

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 from torch import nn
 
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.config import ServerConfig
+from fedsqueeze.server.strategies.autoencoder import Autoencoder
 from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.server.strategies.fedcompress import FedCompress
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedCompress)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedCompress, Autoencoder)}
 
 
 def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSpec,
@@ -28,7 +30,8 @@ def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSp
                                          learning_rate=config.lr, optimizer=config.optimizer,
                                          momentum=config.momentum)
     settings = StrategySettings(model_spec, config.data, hyperparameters, get_plan(config.uplink).spec,
-                                get_plan(config.downlink).spec, config.client_codecs, config.seed, evaluate, params)
+                                get_plan(config.downlink).spec, config.client_codecs, config.seed, evaluate,
+                                Path(config.state_dir) if config.state_dir else None, params)
     return cls(model, settings)
 
 

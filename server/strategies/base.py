@@ -13,6 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -38,6 +39,7 @@ class StrategySettings:
     client_codecs: bool = True            # honour the plans clients ask for
     seed: int = 0
     evaluate: Callable[[nn.Module], tuple[float, float]] | None = None   # (accuracy, loss) on the test set
+    state_dir: Path | None = None         # where a strategy keeps what must outlive a restart
     params: dict[str, Any] = field(default_factory=dict)   # the method spec's own parameters
 
 
@@ -62,6 +64,7 @@ class ClientUpdate:
     tensors: dict[str, np.ndarray]
     num_examples: int
     metrics: dict[str, float]
+    payload_bytes: dict[str, int] = field(default_factory=dict)   # encoded size of each tensor as received
 
 
 class Strategy(ABC):
@@ -96,6 +99,10 @@ class Strategy(ABC):
     @abstractmethod
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         """The tensors (specs and codecs) a client with ``plan`` must send."""
+
+    def downloaded(self, plan: ClientPlan, payload_bytes: int) -> None:
+        """A client with ``plan`` received its download, ``payload_bytes`` of encoded tensors (default: no-op)."""
+        return None
 
     def new_accumulator(self) -> WeightedSum:
         return WeightedSum()

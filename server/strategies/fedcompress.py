@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from fedsqueeze.clustering import cluster_model_, clustered_tensors, weight_sharing
+from fedsqueeze.codecs import get_plan
 from fedsqueeze.data.ood import load_ood
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
@@ -134,7 +135,7 @@ class FedCompress(Strategy):
     def configure(self, round_number: int, clients: Sequence[ClientInfo]) -> dict[str, ClientPlan]:
         k = self.schedule.k
         profile = f"k={k}"
-        self._plans[profile] = self.plan(k)
+        self._plans[profile] = get_plan(self.plan(k)).spec
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
                           uplink_codec=self._plans[profile], downlink_codec=self._plans[profile],
                           method_config={"k": k, **self.client_config}, error_feedback=False)

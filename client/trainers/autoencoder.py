@@ -1,0 +1,120 @@
+"""Autoencoder client: local training, then its update in the phase the server plans.
+
+Keeps its recent updates (the autoencoder's training set). ``warmup``: send the
+update per tensor. ``register``: train the autoencoder, register it locally
+(so this client can encode, and decode for error feedback), and send its
+decoder with the update. ``latent``: send the flattened update in parts, each
+coded by its own pipeline and each coding what the previous parts left:
+an optional coarse part, the latent part, an optional correction. Error
+feedback wraps the whole composite, so this trainer runs it itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from fedsqueeze.autoencoder import (
+    COARSE,
+    CORRECTION,
+    DECODER_PREFIX,
+    UPDATE,
+    AutoencoderModel,
+    AutoencoderSpec,
+    flatten,
+    to_chunks,
+    train_autoencoder,
+)
+from fedsqueeze.client.error_feedback import ErrorFeedback
+from fedsqueeze.client.trainers.base import Trainer, TrainResult
+from fedsqueeze.client.trainers.local import train_epochs
+from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
+from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.tensors import TensorSpec, float_state, model_spec
+from fedsqueeze.v1 import federation_pb2 as pb
+
+
+def round_trip(pipeline: Pipeline, values: np.ndarray) -> np.ndarray:
+    """What the server will decode of ``values``."""
+    return pipeline.decode(pipeline.encode(values), TensorSpec("part", values.shape))
+
+
+def compose(total: np.ndarray, pipelines: list[tuple[str, Pipeline]]) -> tuple[dict[str, np.ndarray], np.ndarray,
+                                                                             dict[str, float]]:
+    """Code ``total`` in parts, each part coding what the ones before it left.
+
+    Returns (the tensor to send for each part, the sum the server will decode,
+    each part's relative error on what it was given).
+    """
+    parts, errors = {}, {}
+    sent = np.zeros_like(total)
+    remaining = total
+    for name, pipeline in pipelines:
+        received = round_trip(pipeline, remaining)
+        errors[name] = float(np.linalg.norm(received - remaining) / max(float(np.linalg.norm(remaining)), 1e-30))
+        parts[name] = remaining
+        sent = sent + received
+        remaining = remaining - received
+    return parts, sent, errors
+
+
+class AutoencoderTrainer(Trainer):
+    method = "ae"
+
+    def __init__(self, model: torch.nn.Module, data: Dataset, seed: int) -> None:
+        super().__init__(model, data, seed)
+        self.history: deque[np.ndarray] = deque(maxlen=8)
+        self.reference_error: float | None = None   # error on the first update the current decoder had not seen
+        self.feedback = ErrorFeedback()               # over the latent-phase composite
+
+    def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
+            should_stop: Callable[[], bool]) -> TrainResult:
+        config = json.loads(task.method_config_json)
+        start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
+        self.model.load_state_dict(start, strict=False)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
+        metrics = train_epochs(self.model, self.data, hyperparameters, generator, should_stop)
+        trained = float_state(self.model)
+        delta = {name: trained[name] - start[name] for name in start}
+        flat = flatten(delta, model_spec(delta))
+        coarse = get_pipeline(config["coarse"]) if config["coarse"] else None
+        if self.history.maxlen != config["history"]:
+            self.history = deque(self.history, maxlen=int(config["history"]))
+        self.history.append(flat - round_trip(coarse, flat) if coarse else flat)   # what the autoencoder codes
+
+        spec = AutoencoderSpec(**config["autoencoder"])
+        if config["phase"] == "warmup":
+            return TrainResult(delta, len(self.data), metrics)
+        if config["phase"] == "register":
+            samples = np.concatenate([to_chunks(h, spec.chunk)[0] for h in self.history])
+            autoencoder, error = train_autoencoder(samples, spec, int(config["ae_epochs"]), float(config["ae_lr"]),
+                                                   seed=self.seed)
+            LATENT_MODELS.register(config["decoder_id"], int(config["version"]), AutoencoderModel(autoencoder))
+            self.reference_error = None
+            self.feedback = ErrorFeedback()
+            decoder = {DECODER_PREFIX + k: v.detach().clone() for k, v in autoencoder.decoder.state_dict().items()}
+            metrics["ae_train_error"] = error
+            return TrainResult({**delta, **decoder}, len(self.data), metrics)
+        return self._latent_update(task, config, flat, coarse, metrics)
+
+    def _latent_update(self, task: pb.TrainTask, config: dict, flat: np.ndarray, coarse: Pipeline | None,
+                       metrics: dict[str, float]) -> TrainResult:
+        plan = get_plan(task.uplink_codec)
+        total = self.feedback.compensate({"u": torch.from_numpy(flat)})["u"].numpy() if task.error_feedback else flat
+        stages = [(COARSE, coarse), (UPDATE, plan.for_tensor(UPDATE)),
+                  (CORRECTION, plan.for_tensor(CORRECTION) if config["correction"] else None)]
+        parts, sent, errors = compose(total, [(name, p) for name, p in stages if p is not None])
+        error = errors[UPDATE]
+        if task.error_feedback:
+            self.feedback.remember({"u": torch.from_numpy(total)}, {"u": torch.from_numpy(sent)})
+            metrics["error_feedback_norm"] = self.feedback.norm()
+        if self.reference_error is None:
+            self.reference_error = error
+        drift = float(config["drift"])
+        metrics.update(ae_error=error, ae_retrain=float(drift > 0 and error > (1 + drift) * self.reference_error))
+        return TrainResult({n: torch.from_numpy(v) for n, v in parts.items()}, len(self.data), metrics,
+                           feedback_applied=True)
