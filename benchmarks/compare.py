@@ -130,6 +130,40 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def tier_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per width tier of every variant that reports tiers (REFT): its sub-model's costs, accuracy and bytes."""
+    rows = []
+    for label, report in reports.items():
+        last = report["rounds"][-1]["metrics"]
+        widths = sorted({key.split("_")[1] for key in last if key.startswith("tier_")}, key=float, reverse=True)
+        for width in widths:
+            tier = f"tier_{width}"
+            rows.append({
+                "variant": label, "width": float(width),
+                "clients": int(last[f"{tier}_clients"]),
+                "sub_model_accuracy": last.get(f"{tier}_accuracy"),
+                "params": int(last[f"{tier}_params"]),
+                "train_flops_per_sample": last[f"{tier}_train_flops_per_sample"],
+                "train_memory_bytes": int(last[f"{tier}_train_memory_bytes"]),
+                "payload_bytes_up": int(sum(r["metrics"][f"{tier}_payload_bytes_up"] for r in report["rounds"])),
+                "payload_bytes_down": int(sum(r["metrics"][f"{tier}_payload_bytes_down"] for r in report["rounds"])),
+            })
+    return rows
+
+
+def tier_markdown(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = ("| variant | width | clients | sub-model acc. | params | train GFLOPs/sample | train memory (MB) | "
+            "payload up | payload down |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = [f"| {r['variant']} | {r['width']:g} | {r['clients']} | "
+             + (f"{r['sub_model_accuracy']:.4f}" if r["sub_model_accuracy"] is not None else "") + " | "
+             f"{r['params']:,} | {r['train_flops_per_sample'] / 1e9:.4f} | {r['train_memory_bytes'] / 1e6:.1f} | "
+             f"{r['payload_bytes_up']:,} | {r['payload_bytes_down']:,} |" for r in rows]
+    return "\nPer tier (sub-models cut from the final global model; payload bytes summed over all rounds):\n\n" \
+        + head + "\n".join(lines) + "\n"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--name", required=True, help="name of this comparison (output file stem)")
@@ -151,11 +185,12 @@ def main() -> int:
         label, _, extra = variant.partition("=")
         reports[label] = run_variant(label, shlex.split(extra), common, runs)
     rows = summarise(reports)
-    table = markdown(rows)
+    tiers = tier_rows(reports)
+    table = markdown(rows) + tier_markdown(tiers)
     setting = (f"{args.data}, {args.clients} clients, {args.partition}, {args.rounds} rounds, seed {args.seed}")
     (out / f"{args.name}.md").write_text(f"{setting}\n\n{table}")
-    (out / f"{args.name}.json").write_text(json.dumps({"setting": setting, "summary": rows, "reports": reports},
-                                                      indent=2) + "\n")
+    summary = {"setting": setting, "summary": rows, "tiers": tiers, "reports": reports}
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_accuracy_vs_bytes(list(reports.items()), out / f"{args.name}.png", f"{args.name}: {setting}")
     print(f"\n{setting}\n\n{table}\nwrote {out / args.name}.json, .md, .png")
     return 0

@@ -112,6 +112,13 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
 
 def simulate(config: SimulateConfig) -> int:
     """Run the federation; return 0 when every round finished."""
+    partitions = config.partitions or config.clients
+    if partitions < config.clients:
+        raise ValueError(f"--partitions ({partitions}) must be at least --clients ({config.clients})")
+    try:
+        budgets = [float(b) for b in config.budgets.split(",")] if config.budgets else [1.0]
+    except ValueError:
+        raise ValueError(f"--budgets must be numbers separated by commas, not {config.budgets!r}") from None
     out = Path(config.out or "runs/latest")
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -138,7 +145,8 @@ def simulate(config: SimulateConfig) -> int:
         for i in range(config.clients):
             client_config = ClientConfig(
                 server=target, insecure=config.insecure, client_id=f"client-{i}", data=config.data,
-                partition=config.partition, num_partitions=config.clients, partition_index=i, seed=config.seed,
+                partition=config.partition, num_partitions=partitions, partition_index=i, seed=config.seed,
+                compute_budget=budgets[i % len(budgets)],
                 threads=config.client_threads, chunk_bytes=config.chunk_bytes, log_level=config.log_level)
             clients.append(_spawn("client", client_config, logs / f"client-{i}.log"))
         processes += clients

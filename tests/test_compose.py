@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from fedsqueeze.server.strategies.reft import parse_tiers, tier_for
+
 from conftest import Cluster, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +56,9 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     assert indexes == list(range(len(clients)))    # each client its own partition
     assert {c["environment"]["FEDSQUEEZE_NUM_PARTITIONS"] for c in clients.values()} == {str(len(clients))}
     assert len({c["cpus"] for c in clients.values()}) == 3   # three capabilities
+    widths = parse_tiers("1/0.75/0.5/0.25")                  # REFT's default tiers
+    assert len({tier_for(float(c["environment"]["FEDSQUEEZE_COMPUTE_BUDGET"]), widths)
+                for c in clients.values()}) == 3              # three tiers under --method reft
     assert all(c["depends_on"]["server"]["condition"] == "service_healthy" for c in clients.values())
     dockerfile = (ROOT / "Dockerfile").read_text()
     for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):

@@ -1,4 +1,5 @@
-"""Seeded partitioning of a labelled dataset across clients: IID or Dirichlet(alpha) label skew."""
+"""Seeded partitioning of a labelled dataset across clients: IID, Dirichlet(alpha) label skew, or a skew
+where the last clients hold classes the others rarely see."""
 
 from __future__ import annotations
 
@@ -38,6 +39,30 @@ def dirichlet(labels: np.ndarray, num_partitions: int, seed: int, alpha: float,
                      f"with alpha={alpha} in {max_tries} tries; use fewer clients or a larger alpha")
 
 
+def skewed(labels: np.ndarray, num_partitions: int, seed: int, last: int, classes: int,
+           share: float) -> list[np.ndarray]:
+    """The last ``last`` clients hold ``share`` of every example of the last ``classes`` classes.
+
+    The rest of those classes and all other classes are dealt out IID to the
+    first clients. Models a fleet where weak devices (started last) see data
+    the strong ones rarely do.
+    """
+    if not 0 < last < num_partitions:
+        raise ValueError(f"skewed: last must be in [1, {num_partitions - 1}], not {last}")
+    all_classes = np.unique(labels)
+    if not 0 < classes < len(all_classes):
+        raise ValueError(f"skewed: classes must be in [1, {len(all_classes) - 1}], not {classes}")
+    if not 0 <= share <= 1:
+        raise ValueError(f"skewed: share must be in [0, 1], not {share}")
+    rng = np.random.default_rng(seed)
+    rare = np.isin(labels, all_classes[-classes:])
+    rare_members = rng.permutation(np.flatnonzero(rare))
+    to_last = round(share * len(rare_members))
+    common = rng.permutation(np.concatenate([np.flatnonzero(~rare), rare_members[to_last:]]))
+    parts = np.array_split(common, num_partitions - last) + np.array_split(rare_members[:to_last], last)
+    return [np.sort(part) for part in parts]
+
+
 def partition(labels: np.ndarray, scheme: str, num_partitions: int, seed: int) -> list[np.ndarray]:
     """Split example indices by a scheme spec: ``iid`` or ``dirichlet(alpha=0.5)``."""
     if num_partitions < 1:
@@ -47,4 +72,8 @@ def partition(labels: np.ndarray, scheme: str, num_partitions: int, seed: int) -
         return iid(labels, num_partitions, seed)
     if name == "dirichlet" and set(params) <= {"alpha"}:
         return dirichlet(labels, num_partitions, seed, float(params.get("alpha", 0.5)))
-    raise ValueError(f"unknown partition scheme {scheme!r}: use iid or dirichlet(alpha=A)")
+    if name == "skewed" and set(params) <= {"last", "classes", "share"}:
+        return skewed(labels, num_partitions, seed, int(params.get("last", 3)), int(params.get("classes", 3)),
+                      float(params.get("share", 0.9)))
+    raise ValueError(f"unknown partition scheme {scheme!r}: use iid, dirichlet(alpha=A) "
+                     "or skewed(last=N,classes=C,share=S)")

@@ -13,10 +13,11 @@ from fedsqueeze.server.strategies.autoencoder import Autoencoder
 from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.server.strategies.fedcompress import FedCompress
+from fedsqueeze.server.strategies.reft import Reft
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedCompress, Autoencoder)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedCompress, Autoencoder, Reft)}
 
 
 def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSpec,

@@ -1,0 +1,50 @@
+"""REFT client: train the pruned sub-model the server sized to this device, send its delta.
+
+The task says how many output channels each prunable layer keeps; the trainer
+rebuilds that (physically smaller) structure from the global architecture,
+loads the downloaded weights into it, trains it on the device's data and sends
+``trained - downloaded``. Which global channels those are is the server's
+business: the client never needs the indices.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedsqueeze.client.trainers.base import Trainer, TrainResult
+from fedsqueeze.client.trainers.local import train_epochs
+from fedsqueeze.pruning import keep_first, prune
+from fedsqueeze.tensors import float_state, model_spec
+from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.wire import ExpectedTensor, expect_all
+
+
+class ReftTrainer(Trainer):
+    method = "reft"
+
+    def sub_model(self, task: pb.TrainTask) -> nn.Module:
+        """A fresh sub-model with the task's channel counts (cut from this device's copy of the architecture)."""
+        channels = json.loads(task.method_config_json)["channels"]
+        if not isinstance(channels, dict) or not all(isinstance(v, int) for v in channels.values()):
+            raise ValueError(f"reft task: channels must map layer names to counts, not {channels!r}")
+        example = torch.zeros(1, *self.data.input_shape)
+        return prune(self.model, example, keep_first(channels))
+
+    def expected_download(self, task: pb.TrainTask) -> dict[str, ExpectedTensor]:
+        return expect_all(model_spec(float_state(self.sub_model(task))), task.downlink_codec)
+
+    def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
+            should_stop: Callable[[], bool]) -> TrainResult:
+        sub = self.sub_model(task)
+        start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
+        sub.load_state_dict(start, strict=False)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
+        metrics = train_epochs(sub, self.data, hyperparameters, generator, should_stop)
+        trained = float_state(sub)
+        metrics["width"] = float(json.loads(task.method_config_json)["width"])
+        return TrainResult({name: trained[name] - start[name] for name in start}, len(self.data), metrics)

@@ -1,0 +1,258 @@
+"""REFT-style heterogeneous training: pruned sub-models sized to each device, ensemble distillation.
+
+Each round the server ranks the global model's channels (``fedsqueeze.pruning``)
+and cuts one physically smaller sub-model per width tier; nested, so a smaller
+tier's channels are a subset of a larger one's. A client gets its tier's
+sub-model (its tensors only, in the downlink codec) and a channel count per
+layer, from which it rebuilds the same structure; it sends back
+``trained - downloaded`` for every sub-model tensor (in the uplink codec, so
+clustering and the like stack on it). Which global elements a sub-model holds
+never travels: the server cut it, and maps each element back itself, so a
+client cannot write outside its sub-model.
+
+Aggregation is coverage-weighted: each global element moves by the
+example-weighted mean delta of the clients whose sub-model held it; elements no
+client held stay. Then the global model is the student of the round's
+ensemble: the mean temperature-softened prediction of the clients' trained
+sub-models on unlabeled public data (never the clients').
+
+Tier: a client's capacity is its declared compute budget (1 when none), times
+its measured training speed over ``reference_speed`` when that is set (capped
+at 1). Training cost grows about as width squared, so a client gets the widest
+tier ``w`` with ``w * w <= capacity``, or the narrowest tier.
+
+Method parameters: tiers ("1/0.75/0.5/0.25"), reference_speed (0: speed
+ignored), distill (true), kd_epochs (2), kd_lr (1e-4), kd_batch (256),
+temperature (2.0), public ("procedural", or a dataset spec other than the
+federation's), public_samples (5000).
+
+Error feedback is off: the channels a sub-model holds change from round to
+round, so a residual in sub-model coordinates has nothing to be added to.
+The round keeps the received sub-model deltas (each a fraction of the model)
+until aggregation, as the ensemble's teachers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedsqueeze.costs import training_cost
+from fedsqueeze.data.ood import load_ood
+from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prune
+from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.clients import ClientInfo
+from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
+from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
+from fedsqueeze.specs import parse_spec
+from fedsqueeze.tensors import float_state, model_spec
+from fedsqueeze.wire import ExpectedTensor, expect_all
+
+PUBLIC_HELD_OUT = 0.1   # share of the public set kept aside to measure the distillation KL
+
+
+def parse_tiers(text: str) -> list[float]:
+    """``"1/0.5/0.25"`` -> [1.0, 0.5, 0.25] (widest first); each in (0, 1], no repeats."""
+    try:
+        widths = sorted({float(part) for part in str(text).split("/")}, reverse=True)
+    except ValueError:
+        raise ValueError(f"reft: tiers must be widths separated by '/', e.g. 1/0.5/0.25, not {text!r}") from None
+    if not widths or not all(0 < w <= 1 for w in widths):
+        raise ValueError(f"reft: tier widths must be in (0, 1], not {text!r}")
+    return widths
+
+
+def tier_for(capacity: float, widths: Sequence[float]) -> float:
+    """The widest width whose training cost (about width squared) fits ``capacity``; else the narrowest."""
+    return next((w for w in widths if w * w <= capacity + 1e-9), widths[-1])
+
+
+@dataclass
+class TierCut:
+    """One tier's sub-model for this round."""
+
+    width: float
+    keep: dict[str, list[int]]            # per prunable layer, the kept output channels
+    positions: dict[str, np.ndarray]      # per sub-model tensor, its elements' flat positions in the global one
+    tensors: dict[str, torch.Tensor]      # the sub-model's weights (the download)
+
+
+class CoverageSum(WeightedSum):
+    """Per-element sums of weighted deltas and of the weights that covered each element, plus the teachers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.covered: dict[str, torch.Tensor] = {}
+        self.teachers: list[tuple[float, dict[str, torch.Tensor]]] = []   # (width, trained sub-model)
+        self.bytes_up: dict[float, int] = {}
+        self.clients: dict[float, int] = {}
+
+    def add_sub(self, cut: TierCut, shapes: dict[str, torch.Size], delta: dict[str, np.ndarray],
+                weight: float) -> None:
+        if not weight > 0:
+            raise ValueError(f"aggregation weight must be positive, not {weight}")
+        for name, value in delta.items():
+            if name not in self.sums:
+                self.sums[name] = torch.zeros(shapes[name], dtype=torch.float64)
+                self.covered[name] = torch.zeros(shapes[name], dtype=torch.float64)
+            idx = torch.from_numpy(cut.positions[name].reshape(-1))
+            self.sums[name].view(-1)[idx] += torch.from_numpy(value.reshape(-1)).double() * weight
+            self.covered[name].view(-1)[idx] += weight
+        self.weight += weight
+        self.count += 1
+
+
+class Reft(Strategy):
+    name = "reft"
+    params = frozenset({"tiers", "reference_speed", "distill", "kd_epochs", "kd_lr", "kd_batch", "temperature",
+                        "public", "public_samples"})
+
+    def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
+        super().__init__(model, settings)
+        p = settings.params
+        self.widths = parse_tiers(p.get("tiers", "1/0.75/0.5/0.25"))
+        self.reference_speed = float(p.get("reference_speed", 0.0))
+        self.distill = bool(p.get("distill", True))
+        self.kd_epochs = int(p.get("kd_epochs", 2))
+        self.kd_lr = float(p.get("kd_lr", 1e-4))
+        self.kd_batch = int(p.get("kd_batch", 256))
+        self.temperature = float(p.get("temperature", 2.0))
+        self.public_spec = str(p.get("public", "procedural"))
+        self.public_samples = int(p.get("public_samples", 5000))
+        if parse_spec(self.public_spec)[0] == parse_spec(settings.data)[0]:
+            raise ValueError(f"reft: the distillation set must not be the federation's own data ({settings.data}); "
+                             "use public=procedural or another dataset")
+        self.input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
+        self.example = torch.zeros(1, *self.input_shape)
+        self.cuts: dict[float, TierCut] = {}
+        self.profiles: dict[str, tuple[float, str]] = {}
+        self.bytes_down: dict[float, int] = {}
+        ranking = channel_ranking(model, self.example)
+        self.costs = {w: training_cost(prune(model, self.example, kept_channels(ranking, w)), self.input_shape)
+                      for w in self.widths}
+        self._public: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ tiers and cuts
+
+    def capacity(self, client: ClientInfo) -> float:
+        capacity = client.capabilities.compute_budget or 1.0
+        if self.reference_speed > 0:
+            capacity *= min(1.0, client.capabilities.train_samples_per_second / self.reference_speed)
+        return capacity
+
+    def _cut_round(self) -> None:
+        """This round's sub-model per tier, from one channel ranking of the global model."""
+        ranking = channel_ranking(self.model, self.example)
+        self.cuts = {}
+        for width in self.widths:
+            keep = kept_channels(ranking, width)
+            self.cuts[width] = TierCut(width, keep, index_map(self.model, self.example, keep),
+                                       float_state(prune(self.model, self.example, keep)))
+        self.bytes_down = dict.fromkeys(self.widths, 0)
+
+    # ------------------------------------------------------------------ the round
+
+    def configure(self, round_number: int, clients: Sequence[ClientInfo]) -> dict[str, ClientPlan]:
+        self._cut_round()
+        plans = {}
+        for client in clients:
+            width = tier_for(self.capacity(client), self.widths)
+            uplink, downlink = self.codecs_for(client)
+            profile = f"{width}:{downlink}"
+            self.profiles[profile] = (width, downlink)
+            plans[client.client_id] = ClientPlan(
+                profile=profile, hyperparameters=self.settings.hyperparameters, uplink_codec=uplink,
+                downlink_codec=downlink, error_feedback=False,
+                method_config={"width": width,
+                               "channels": {name: len(kept) for name, kept in self.cuts[width].keep.items()}})
+        return plans
+
+    def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:
+        width, codec = self.profiles[profile]
+        tensors = self.cuts[width].tensors
+        return tensors, expect_all(model_spec(tensors), codec)
+
+    def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
+        return expect_all(model_spec(self.cuts[plan.method_config["width"]].tensors), plan.uplink_codec)
+
+    def downloaded(self, plan: ClientPlan, payload_bytes: int) -> None:
+        width = plan.method_config["width"]
+        self.bytes_down[width] = self.bytes_down.get(width, 0) + payload_bytes
+
+    def new_accumulator(self) -> CoverageSum:
+        return CoverageSum()
+
+    def accumulate(self, accumulator: WeightedSum, update: ClientUpdate) -> None:
+        assert isinstance(accumulator, CoverageSum)
+        width = update.plan.method_config["width"]
+        cut = self.cuts[width]
+        shapes = {name: torch.Size(spec.shape) for name, spec in self.specs.items()}
+        accumulator.add_sub(cut, shapes, update.tensors, update.num_examples)
+        trained = {name: cut.tensors[name] + torch.from_numpy(value) for name, value in update.tensors.items()}
+        accumulator.teachers.append((width, trained))
+        accumulator.bytes_up[width] = accumulator.bytes_up.get(width, 0) + sum(update.payload_bytes.values())
+        accumulator.clients[width] = accumulator.clients.get(width, 0) + 1
+
+    def _public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distillation set, held-out set) of unlabeled public images, made once."""
+        if self._public is None:
+            images = load_ood(self.public_spec, self.input_shape, self.public_samples, self.settings.seed)
+            held = max(1, int(PUBLIC_HELD_OUT * len(images)))
+            self._public = images[held:], images[:held]
+        return self._public
+
+    def _teacher_models(self, teachers: list[tuple[float, dict[str, torch.Tensor]]]) -> list[torch.nn.Module]:
+        """The clients' trained sub-models as modules (cut as this round's download was)."""
+        models = []
+        for width, trained in teachers:
+            module = prune(self.model, self.example, self.cuts[width].keep)
+            module.load_state_dict(trained, strict=False)
+            models.append(module)
+        return models
+
+    def aggregate(self, round_number: int, accumulator: WeightedSum,
+                  client_metrics: dict[str, float]) -> dict[str, float]:
+        assert isinstance(accumulator, CoverageSum)
+        teachers = self._teacher_models(accumulator.teachers)   # cut from the model the clients started from
+        state = self.model.state_dict()
+        coverage = []
+        with torch.no_grad():
+            for name, total in accumulator.sums.items():
+                covered = accumulator.covered[name]
+                mean = torch.where(covered > 0, total / covered.clamp_min(1e-12), torch.zeros_like(total))
+                state[name].add_(mean.to(state[name].dtype))
+                coverage.append(((covered > 0).sum().item(), covered.numel()))
+        metrics: dict[str, float] = {
+            "coverage": sum(c for c, _ in coverage) / max(1, sum(n for _, n in coverage))}
+        if self.distill and self.kd_epochs > 0 and teachers:
+            train, held = self._public_data()
+            ensemble = softened(teachers)
+            if self.settings.evaluate:
+                metrics["aggregate_accuracy"] = self.settings.evaluate(self.model)[0]
+            metrics["kd_kl_before"] = kl_to_teacher(self.model, ensemble, held, self.temperature)
+            distill(self.model, ensemble, train, self.kd_epochs, self.temperature, self.kd_lr, self.kd_batch,
+                    seed=round_number)
+            metrics["kd_kl_after"] = kl_to_teacher(self.model, ensemble, held, self.temperature)
+        metrics.update(self._tier_metrics(accumulator))
+        return metrics
+
+    def _tier_metrics(self, accumulator: CoverageSum) -> dict[str, float]:
+        """Per tier: clients, payload bytes each way, and the new global model's sub-model accuracy and costs."""
+        metrics: dict[str, float] = {}
+        ranking = channel_ranking(self.model, self.example)
+        for width in self.widths:
+            tier = f"tier_{width:g}"
+            cost = self.costs[width]
+            metrics.update({f"{tier}_clients": accumulator.clients.get(width, 0),
+                            f"{tier}_payload_bytes_up": accumulator.bytes_up.get(width, 0),
+                            f"{tier}_payload_bytes_down": self.bytes_down.get(width, 0),
+                            f"{tier}_params": cost.params, f"{tier}_train_flops_per_sample": cost.flops_per_sample,
+                            f"{tier}_train_memory_bytes": cost.memory_bytes})
+            if self.settings.evaluate:
+                sub = prune(self.model, self.example, kept_channels(ranking, width))
+                metrics[f"{tier}_accuracy"] = self.settings.evaluate(sub)[0]
+        return metrics
