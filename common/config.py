@@ -51,7 +51,8 @@ class ServerConfig:
     client_codecs: bool = option(True, "honour codec plans that clients ask for at Join")
     seed: int = option(0, "seed for model initialisation and client selection")
     out: str | None = option(None, "directory for report.json, rewritten after every round")
-    state_dir: str | None = option(None, "directory for state that outlives a restart (e.g. registered decoders)")
+    state_dir: str | None = option(None, "directory for checkpoints (model, round, history, strategy state) and "
+                                   "registered decoders; a server restarted on it resumes")
     threads: int = option(0, "torch threads for aggregation and evaluation (0: torch's default)")
     poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
     client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")

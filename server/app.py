@@ -18,6 +18,7 @@ from fedsqueeze.data.datasets import load_split
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.server.checkpoint import CheckpointError, CheckpointStore
 from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.server.metering import ByteMeter, MeteringInterceptor
 from fedsqueeze.server.servicer import FederationServicer, OperatorServicer
@@ -57,7 +58,17 @@ async def serve(config: ServerConfig) -> None:
     evaluate_on_test = partial(evaluate, data=test_set)
     strategy = make_strategy(config, model, model_spec, evaluate_on_test)
     meter = ByteMeter()
-    coordinator = Coordinator(config, strategy, model_spec, evaluate_on_test, meter)
+    store = CheckpointStore(Path(config.state_dir), strategy.name, model_spec) if config.state_dir else None
+    coordinator = Coordinator(config, strategy, model_spec, evaluate_on_test, meter, store)
+    try:
+        resumed = coordinator.resume()
+    except CheckpointError as exc:
+        raise SystemExit(f"cannot resume: {exc}") from None
+    if store is None:
+        log.warning("no --state-dir: the global model and round history live only in memory; a restarted "
+                    "server starts the federation over")
+    elif not resumed:
+        log.info("checkpoints go to %s after every round", store.folder)
     log.info("model %s: %d parameters; method %s; uplink %s; downlink %s; test set %d examples",
              model_spec.name, sum(p.numel() for p in model.parameters()), strategy.name,
              strategy.settings.uplink, strategy.settings.downlink, len(test_set))

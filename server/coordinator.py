@@ -7,8 +7,10 @@ aggregation, evaluation) runs in worker threads while no round is open.
 A round: wait for ``min_clients`` -> select -> ask the strategy for plans ->
 encode the download once per profile -> hand out train tasks through long-polls
 -> commit verified updates into the running sum -> close at quorum or deadline
--> aggregate -> evaluate -> record. A round attempt that gets no update by its
-deadline is planned again with a fresh selection.
+-> aggregate -> evaluate -> record -> checkpoint (with a state directory). A
+round attempt that gets no update by its deadline is planned again with a fresh
+selection. Started on a state directory that holds a checkpoint, the loop
+resumes at the round after it.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ from fedsqueeze.config import ServerConfig
 from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
 from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.checkpoint import Checkpoint, CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
 from fedsqueeze.server.history import build_report
-from fedsqueeze.server.metering import ByteMeter
+from fedsqueeze.server.metering import ByteMeter, Traffic
 from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -99,7 +102,8 @@ class Upload:
 
 class Coordinator:
     def __init__(self, config: ServerConfig, strategy: Strategy, model_spec: pb.ModelSpec,
-                 evaluate: Callable[[nn.Module], tuple[float, float]], meter: ByteMeter) -> None:
+                 evaluate: Callable[[nn.Module], tuple[float, float]], meter: ByteMeter,
+                 store: CheckpointStore | None = None) -> None:
         self.config = config
         self.strategy = strategy
         self.model_spec = model_spec
@@ -112,12 +116,32 @@ class Coordinator:
         self._rng = random.Random(config.seed)
         self._changed = asyncio.Event()
         self._traffic_at_last_close = meter.snapshot()
+        self._store = store
+        self._first_round = 1
+        self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
+
+    def resume(self) -> int:
+        """Load the state directory's checkpoint, if any; return the last committed round (0 for none)."""
+        checkpoint = self._store.load() if self._store else None
+        if checkpoint is None:
+            return 0
+        self.strategy.model.load_state_dict(checkpoint.model)
+        self.strategy.load_state_dict(checkpoint.strategy)
+        self.history = checkpoint.history
+        self._earlier_traffic = Traffic(checkpoint.bytes_up, checkpoint.bytes_down)
+        self._first_round = checkpoint.round + 1
+        log.info("resumed from %s after round %d", self._store.folder, checkpoint.round)
+        return checkpoint.round
+
+    def total_traffic(self) -> Traffic:
+        """Bytes counted by this run, resumes included."""
+        return self.meter.snapshot() + self._earlier_traffic
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
         """Run every round, then tell clients the federation finished."""
-        for number in range(1, self.config.rounds + 1):
+        for number in range(self._first_round, self.config.rounds + 1):
             attempt = 0
             while True:
                 attempt += 1
@@ -192,6 +216,11 @@ class Coordinator:
                              selected=len(rnd.assignments), updates=rnd.committed, dense_bytes_up=rnd.dense_up,
                              dense_bytes_down=rnd.dense_down, metrics=metrics)
         self.history.append(record)
+        if self._store:
+            traffic = self.total_traffic()
+            await asyncio.to_thread(self._store.save, Checkpoint(
+                rnd.number, self.strategy.model.state_dict(), self.history, traffic.up, traffic.down,
+                self.strategy.state_dict()))
         log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates, up %d B, down %d B, %.1f s",
                  rnd.number, accuracy, loss, rnd.committed, len(rnd.assignments), spent.up, spent.down,
                  record.seconds)
@@ -206,7 +235,7 @@ class Coordinator:
     def write_report(self) -> None:
         if not self.config.out:
             return
-        traffic = self.meter.snapshot()
+        traffic = self.total_traffic()
         report = build_report(self.strategy.name, asdict(self.config), self.history, traffic.up, traffic.down)
         write_json_atomic(Path(self.config.out) / "report.json", report)
 
@@ -344,13 +373,13 @@ class Coordinator:
     # ------------------------------------------------------------ operator view
 
     def status(self, include_history: bool) -> pb.FederationStatus:
-        traffic = self.meter.snapshot()
+        traffic = self.total_traffic()
         now = time.monotonic()
         rnd = self.current
         available = {c.client_id for c in self.clients.available()}
         return pb.FederationStatus(
             state=self.phase,
-            round=rnd.number if rnd else 0,
+            round=rnd.number if rnd else (self.history[-1].round if self.history else 0),
             total_rounds=self.config.rounds,
             method=self.strategy.name,
             connected_clients=len(available),

@@ -31,6 +31,9 @@ class Traffic:
     def __sub__(self, other: Traffic) -> Traffic:
         return Traffic(self.up - other.up, self.down - other.down)
 
+    def __add__(self, other: Traffic) -> Traffic:
+        return Traffic(self.up + other.up, self.down + other.down)
+
 
 class ByteMeter:
     """Thread-safe byte totals, overall and per RPC method."""

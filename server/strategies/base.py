@@ -100,6 +100,14 @@ class Strategy(ABC):
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         """The tensors (specs and codecs) a client with ``plan`` must send."""
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the strategy must remember across a server restart besides the model (JSON-able; default none)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (default: nothing to restore)."""
+        return None
+
     def downloaded(self, plan: ClientPlan, payload_bytes: int) -> None:
         """A client with ``plan`` received its download, ``payload_bytes`` of encoded tensors (default: no-op)."""
         return None

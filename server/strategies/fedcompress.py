@@ -25,6 +25,7 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -126,6 +127,13 @@ class FedCompress(Strategy):
         self._ood: tuple[torch.Tensor, torch.Tensor] | None = None
         self._plans: dict[str, str] = {}
         cluster_model_(self.model, self.schedule.k, settings.seed)   # the first download is clustered too
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"k": self.schedule.k, "history": self.schedule.history}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.schedule.k = int(state["k"])
+        self.schedule.history = [(int(k), float(acc), float(score)) for k, acc, score in state["history"]]
 
     def plan(self, k: int) -> str:
         """Clustered conv/linear weights, everything else (biases) dense float32."""
