@@ -63,7 +63,7 @@ class ClientDaemon:
         self._trainers: dict[str, Trainer] = {}
         self._feedback = ErrorFeedback()
         self._backoff = Backoff(cap=config.max_backoff)
-        self._channel = open_channel(config.server, config.insecure, config.root_certificates)
+        self._channel = open_channel(config.server, config.insecure, config.root_certificates, config.token_file)
         self._stub = pb_grpc.FederationStub(self._channel)
 
     # ------------------------------------------------------------------ control

@@ -1,4 +1,4 @@
-"""The ``fedsqueeze`` command: server, client, simulate, status, health.
+"""The ``fedsqueeze`` command: server, client, simulate, status, health, certs.
 
 Each command's flags come from its config dataclass (``fedsqueeze.config``);
 heavy modules are imported inside the command that needs them, so ``status``
@@ -24,6 +24,7 @@ class OperatorConfig:
     server: str = option("localhost:50051", "server address host:port")
     insecure: bool = option(False, "plaintext gRPC instead of TLS")
     root_certificates: str | None = option(None, "PEM CA bundle that signs the server's certificate")
+    token_file: str | None = option(None, "file holding the operator's enrolment token (servers with --tokens)")
 
 
 def _setup_logging(level: str) -> None:
@@ -64,7 +65,7 @@ def _ask_server(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
     from fedsqueeze.transport import open_channel
 
     config = resolve(OperatorConfig, args, "operator")
-    with open_channel(config.server, config.insecure, config.root_certificates) as channel:
+    with open_channel(config.server, config.insecure, config.root_certificates, config.token_file) as channel:
         try:
             return call(channel)
         except grpc.RpcError as exc:
@@ -109,6 +110,19 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _certs(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fedsqueeze.certs import make_certificates
+
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    clients = [c.strip() for c in args.clients.split(",") if c.strip()]
+    written = make_certificates(Path(args.out), hosts, clients, args.days)
+    print(f"wrote {len(written)} files to {args.out}: ca.pem, server.pem/.key for {', '.join(hosts)}; "
+          f"tokens.json for the server; a .token (and .pem/.key) per client: {', '.join(clients + ['operator'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsqueeze", description="Federated learning over gRPC, bandwidth first.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -133,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(health, OperatorConfig)
     health.add_argument("--service", default="", help="service to check (default: the whole server)")
     health.set_defaults(run=_health)
+
+    certs = commands.add_parser("certs", help="make a development CA, server certificate and client tokens",
+                                description="make a development CA, server certificate and client tokens")
+    certs.add_argument("--out", required=True, help="folder to write them to")
+    certs.add_argument("--hosts", default="server,localhost,127.0.0.1",
+                       help="comma-separated host names and IP addresses the server certificate is valid for")
+    certs.add_argument("--clients", default="", help="comma-separated client ids to enrol")
+    certs.add_argument("--days", type=int, default=365, help="validity in days")
+    certs.set_defaults(run=_certs)
     return parser
 
 

@@ -32,6 +32,8 @@ class ServerConfig:
     insecure: bool = option(False, "serve plaintext gRPC instead of TLS; says so loudly")
     tls_cert: str | None = option(None, "PEM certificate chain of the server (TLS)")
     tls_key: str | None = option(None, "PEM private key of the server (TLS)")
+    tokens: str | None = option(None, "JSON file of enrolled clients {client id: sha256 of its token}: every call "
+                                "must then carry an enrolled token and act only as its client (fedsqueeze certs)")
     data: str = option("fashion-mnist", "dataset spec; the server evaluates on its test split")
     model: str = option("cnn", "model spec, e.g. cnn or cnn(width=16) or mlp(hidden=512)")
     method: str = option("fedavg", "federated method (server strategy + client trainer)")
@@ -66,6 +68,7 @@ class ClientConfig:
     server: str = option("localhost:50051", "server address host:port")
     insecure: bool = option(False, "plaintext gRPC instead of TLS; says so loudly")
     root_certificates: str | None = option(None, "PEM CA bundle that signs the server's certificate")
+    token_file: str | None = option(None, "file holding this client's enrolment token (servers with --tokens)")
     client_id: str | None = option(None, "stable id of this device (default: the host name)")
     data: str = option("fashion-mnist", "dataset spec; the client trains on its partition of the train split")
     partition: str = option("iid", "partition scheme: iid or dirichlet(alpha=A)")

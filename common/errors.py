@@ -24,6 +24,14 @@ class RoundStateError(FedsqueezeError):
     """A request for a round or task that is not open to the caller (FAILED_PRECONDITION)."""
 
 
+class AuthenticationError(FedsqueezeError):
+    """The call carries no valid credentials (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(FedsqueezeError):
+    """Valid credentials, but for another identity than the one acted as (PERMISSION_DENIED)."""
+
+
 class SessionError(FedsqueezeError):
     """Unknown or superseded session: the client must Join again (UNAUTHENTICATED)."""
 

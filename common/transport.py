@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from fedsqueeze.enrolment import BearerToken, read_token
 from fedsqueeze.limits import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -47,11 +48,17 @@ def client_options() -> ChannelOptions:
     ]
 
 
-def open_channel(target: str, insecure: bool, root_certificates: str | None = None) -> grpc.Channel:
-    """A channel to ``target``: TLS by default (system roots or ``root_certificates``), plaintext if asked."""
+def open_channel(target: str, insecure: bool, root_certificates: str | None = None,
+                 token_file: str | None = None) -> grpc.Channel:
+    """A channel to ``target``: TLS by default (system roots or ``root_certificates``), plaintext if asked;
+    every call carries the enrolment token in ``token_file`` when one is given."""
     if insecure:
         log.warning("connecting to %s over PLAINTEXT gRPC (--insecure): traffic can be read and altered", target)
-        return grpc.insecure_channel(target, options=client_options())
-    roots = Path(root_certificates).read_bytes() if root_certificates else None
-    return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots),
-                               options=client_options())
+        channel = grpc.insecure_channel(target, options=client_options())
+    else:
+        roots = Path(root_certificates).read_bytes() if root_certificates else None
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots),
+                                      options=client_options())
+    if token_file:
+        channel = grpc.intercept_channel(channel, BearerToken(read_token(token_file)))
+    return channel

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.data.datasets import load_split
+from fedsqueeze.enrolment import Enrolment
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.models import build_model, make_model_spec
@@ -76,8 +77,11 @@ async def serve(config: ServerConfig) -> None:
     federation_service = pb.DESCRIPTOR.services_by_name["Federation"].full_name
     server = grpc.aio.server(interceptors=[MeteringInterceptor(meter, federation_service)],
                              options=server_options())
-    pb_grpc.add_FederationServicer_to_server(FederationServicer(coordinator, config.chunk_bytes), server)
-    pb_grpc.add_OperatorServicer_to_server(OperatorServicer(coordinator), server)
+    enrolment = Enrolment.load(config.tokens) if config.tokens else None
+    if enrolment is None:
+        log.warning("no --tokens: any client may join under any id (fine on a closed test network only)")
+    pb_grpc.add_FederationServicer_to_server(FederationServicer(coordinator, config.chunk_bytes, enrolment), server)
+    pb_grpc.add_OperatorServicer_to_server(OperatorServicer(coordinator, enrolment), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

@@ -57,6 +57,14 @@ class ClientRegistry:
         self._by_session[info.session_id] = info
         return info
 
+    def owner_of(self, session_id: str) -> str:
+        """The client id holding ``session_id`` (SessionError if none); unlike ``by_session``, not a sign of life."""
+        info = self._by_session.get(session_id)
+        if info is None:
+            raise SessionError("unknown session (the server may have restarted, or this client "
+                               "joined again elsewhere): call Join again")
+        return info.client_id
+
     def by_session(self, session_id: str) -> ClientInfo:
         """The client holding ``session_id``, marked as seen now."""
         info = self._by_session.get(session_id)

@@ -3,6 +3,11 @@
 Every error the coordinator or the stream receiver raises becomes a status
 code with its message (see ``STATUS_FOR``); nothing else reaches the client,
 and a failed call never touches the global model.
+
+With enrolment (``--tokens``), every call must carry an enrolled client's token
+(else UNAUTHENTICATED) and may act only as that client: Join only under its
+own id, session calls only on its own session (else PERMISSION_DENIED); the
+Operator service answers only the ``operator`` identity.
 """
 
 from __future__ import annotations
@@ -15,7 +20,16 @@ from typing import Any, TypeVar
 
 import grpc
 
-from fedsqueeze.errors import ConflictError, FedsqueezeError, PayloadError, RoundStateError, SessionError
+from fedsqueeze.enrolment import OPERATOR, Enrolment
+from fedsqueeze.errors import (
+    AuthenticationError,
+    ConflictError,
+    FedsqueezeError,
+    PayloadError,
+    PermissionDeniedError,
+    RoundStateError,
+    SessionError,
+)
 from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
@@ -27,6 +41,8 @@ STATUS_FOR: dict[type[FedsqueezeError], grpc.StatusCode] = {
     PayloadError: grpc.StatusCode.INVALID_ARGUMENT,
     RoundStateError: grpc.StatusCode.FAILED_PRECONDITION,
     SessionError: grpc.StatusCode.UNAUTHENTICATED,
+    AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
+    PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
     ConflictError: grpc.StatusCode.ABORTED,
 }
 
@@ -51,22 +67,45 @@ def status_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
     return wrapper
 
 
+def caller(enrolment: Enrolment | None, context: grpc.aio.ServicerContext) -> str | None:
+    """The enrolled identity making the call (None without enrolment); AuthenticationError if it has none."""
+    if enrolment is None:
+        return None
+    identity = enrolment.identify(context.invocation_metadata())
+    if identity is None:
+        raise AuthenticationError("no valid enrolment token: send metadata 'authorization: Bearer <token>' "
+                                  "(fedsqueeze client --token-file)")
+    return identity
+
+
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, chunk_bytes: int) -> None:
+    def __init__(self, coordinator: Coordinator, chunk_bytes: int, enrolment: Enrolment | None = None) -> None:
         self._coordinator = coordinator
         self._chunk_bytes = chunk_bytes
+        self._enrolment = enrolment
+
+    def _check_session(self, context: grpc.aio.ServicerContext, session_id: str) -> None:
+        """With enrolment: the session must belong to the caller."""
+        identity = caller(self._enrolment, context)
+        if identity is not None and self._coordinator.clients.owner_of(session_id) != identity:
+            raise PermissionDeniedError(f"this session is not {identity!r}'s: a client acts only as itself")
 
     @status_errors
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:
+        identity = caller(self._enrolment, context)
+        if identity is not None and request.client_id != identity:
+            raise PermissionDeniedError(f"the token is {identity!r}'s; it cannot join as {request.client_id[:64]!r}")
         return self._coordinator.join(request)
 
     @status_errors
     async def GetTask(self, request: pb.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
+        self._check_session(context, request.session_id)
         return await self._coordinator.next_task(request.session_id, request.wait_ms / 1000.0)
 
     async def DownloadModel(self, request: pb.DownloadRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
+            self._check_session(context, request.session_id)
             rnd, plan, model = self._coordinator.begin_download(request.session_id, request.task_id)
         except FedsqueezeError as exc:
             await _abort(context, "DownloadModel", exc)
@@ -82,6 +121,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         first = await anext(messages, None)
         if first is None or not first.HasField("header"):
             raise PayloadError("an update stream must start with an UpdateHeader")
+        self._check_session(context, first.header.session_id)
         upload = self._coordinator.begin_upload(first.header)
         try:
             receiver = StreamReceiver(upload.expected)
@@ -105,13 +145,19 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     @status_errors
     async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveReply:
+        self._check_session(context, request.session_id)
         self._coordinator.leave(request.session_id, request.reason)
         return pb.LeaveReply()
 
 
 class OperatorServicer(pb_grpc.OperatorServicer):
-    def __init__(self, coordinator: Coordinator) -> None:
+    def __init__(self, coordinator: Coordinator, enrolment: Enrolment | None = None) -> None:
         self._coordinator = coordinator
+        self._enrolment = enrolment
 
+    @status_errors
     async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.FederationStatus:
+        identity = caller(self._enrolment, context)
+        if identity not in (None, OPERATOR):
+            raise PermissionDeniedError(f"only the {OPERATOR!r} identity may read the federation's status")
         return self._coordinator.status(request.include_history)
