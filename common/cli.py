@@ -115,6 +115,9 @@ def _certs(args: argparse.Namespace) -> int:
 
     from fedsqueeze.certs import make_certificates
 
+    if args.keep_existing and (Path(args.out) / "tokens.json").exists() and (Path(args.out) / "ca.pem").exists():
+        print(f"{args.out} already holds credentials; keeping them")
+        return 0
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
     written = make_certificates(Path(args.out), hosts, clients, args.days)
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated host names and IP addresses the server certificate is valid for")
     certs.add_argument("--clients", default="", help="comma-separated client ids to enrol")
     certs.add_argument("--days", type=int, default=365, help="validity in days")
+    certs.add_argument("--keep-existing", action="store_true",
+                       help="do nothing when the folder already holds a CA and tokens (for start-up scripts)")
     certs.set_defaults(run=_certs)
     return parser
 

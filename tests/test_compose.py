@@ -37,9 +37,13 @@ def resolved_compose() -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
-def localize(value: str, hosts: set[str], port: int, out: Path) -> str:
+def localize(value: str, hosts: set[str], port: int, mounts: dict[str, Path]) -> str:
+    """A compose value as a plain process sees it: service hosts on loopback, volume paths in folders."""
     value = re.sub(rf"\b({'|'.join(map(re.escape, sorted(hosts)))}):{CONTAINER_PORT}\b", f"127.0.0.1:{port}", value)
-    return str(out) if value == "/out" else value
+    for target, folder in mounts.items():
+        if value == target or value.startswith(target + "/"):
+            return str(folder) + value[len(target):]
+    return value
 
 
 def command(argv: list[str]) -> list[str]:
@@ -60,6 +64,10 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     assert len({tier_for(float(c["environment"]["FEDSQUEEZE_COMPUTE_BUDGET"]), widths)
                 for c in clients.values()}) == 3              # three tiers under --method reft
     assert all(c["depends_on"]["server"]["condition"] == "service_healthy" for c in clients.values())
+    enrolled = services["certs"]["command"][services["certs"]["command"].index("--clients") + 1].split(",")
+    for c in clients.values():   # each client presents its own token, and the certs service makes it
+        client_id = c["environment"]["FEDSQUEEZE_CLIENT_ID"]
+        assert client_id in enrolled and c["environment"]["FEDSQUEEZE_TOKEN_FILE"] == f"/certs/{client_id}.token"
     dockerfile = (ROOT / "Dockerfile").read_text()
     for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):
         assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
@@ -69,16 +77,23 @@ def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
     services = resolved_compose()["services"]
     hosts = {*services, "localhost", "0.0.0.0"}
     port = free_port()
-    out = cluster.root / "out"
-    out.mkdir()
+    mounts = {target: cluster.root / target.strip("/") for target in ("/out", "/state", "/certs")}
+    for folder in mounts.values():
+        folder.mkdir()
 
     def env_of(service: dict[str, Any]) -> dict[str, str]:
-        env = {k: localize(str(v), hosts, port, out) for k, v in service["environment"].items()}
+        env = {k: localize(str(v), hosts, port, mounts) for k, v in service["environment"].items()}
         return {**env, "FEDSQUEEZE_ROUNDS": "1"} if "FEDSQUEEZE_ROUNDS" in env else env
 
+    certs = services["certs"]
+    made = subprocess.run(command([localize(a, hosts, port, mounts) for a in certs["command"]]),
+                          capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
     server = services["server"]
+    assert server["depends_on"]["certs"]["condition"] == "service_completed_successfully"
+    assert "FEDSQUEEZE_INSECURE" not in server["environment"], "the compose cluster must run with TLS"
     cluster.spawn("server", command(server["command"]), env_of(server))
-    health = command([localize(a, hosts, port, out) for a in server["healthcheck"]["test"][1:]])
+    health = command([localize(a, hosts, port, mounts) for a in server["healthcheck"]["test"][1:]])
 
     def healthy() -> bool:
         if cluster.processes["server"].poll() is not None:
@@ -86,17 +101,19 @@ def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
         return subprocess.run(health, capture_output=True, timeout=30).returncode == 0
     wait_for(healthy, 120, "the server's health check", interval=1.0)
 
-    clients = sorted(n for n in services if n != "server")
+    clients = sorted(n for n in services if n.startswith("client"))
     for name in clients:
         cluster.spawn(name, command(services[name]["command"]), env_of(services[name]))
     assert cluster.wait("server", 300) == 0
     for name in clients:
         assert cluster.wait(name, 60) == 0
 
-    report = out / "report.json"
+    report = mounts["/out"] / "report.json"
     assert report.exists(), cluster.logs()
     (first,) = json.loads(report.read_text())["rounds"]
     assert first["updates"] == first["selected"] == 3
     assert first["accuracy"] > 0.7, first
     for name in clients:
         assert f"client {name} joined" in cluster.log("server")
+    assert (mounts["/state"] / "checkpoint.json").exists()
+    assert "SERVING PLAINTEXT" not in cluster.log("server") and "no --tokens" not in cluster.log("server")
