@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fedsqueeze.config import ClientConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
+from fedsqueeze.logs import setup_logging
 
 
 @dataclass
@@ -27,15 +27,9 @@ class OperatorConfig:
     token_file: str | None = option(None, "file holding the operator's enrolment token (servers with --tokens)")
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-
-
 def _server(args: argparse.Namespace) -> int:
     config = resolve(ServerConfig, args, "server")
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from fedsqueeze.server.app import serve
 
     asyncio.run(serve(config))
@@ -44,7 +38,7 @@ def _server(args: argparse.Namespace) -> int:
 
 def _client(args: argparse.Namespace) -> int:
     config = resolve(ClientConfig, args, "client")
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from fedsqueeze.client.app import run_client
 
     return run_client(config)
@@ -52,7 +46,7 @@ def _client(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     config = resolve(SimulateConfig, args, "simulate")
-    _setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from fedsqueeze.simulate import simulate
 
     return simulate(config)

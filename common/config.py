@@ -32,6 +32,8 @@ class ServerConfig:
     insecure: bool = option(False, "serve plaintext gRPC instead of TLS; says so loudly")
     tls_cert: str | None = option(None, "PEM certificate chain of the server (TLS)")
     tls_key: str | None = option(None, "PEM private key of the server (TLS)")
+    metrics_listen: str | None = option(None, "host:port to serve Prometheus metrics on (/metrics), e.g. "
+                                        "0.0.0.0:9464; off when not given")
     tokens: str | None = option(None, "JSON file of enrolled clients {client id: sha256 of its token}: every call "
                                 "must then carry an enrolled token and act only as its client (fedsqueeze certs)")
     data: str = option("fashion-mnist", "dataset spec; the server evaluates on its test split")
@@ -42,6 +44,11 @@ class ServerConfig:
     fraction: float = option(1.0, "fraction of connected clients selected per round (at least min_clients)")
     quorum: float = option(1.0, "fraction of selected clients whose updates close a round early")
     round_timeout: float = option(600.0, "seconds after which a round closes with the updates it has")
+    max_update_norm: float = option(1000.0, "largest L2 norm of a client's update (a delta) the server takes; "
+                                    "0 for no bound")
+    norm_action: str = option("refuse", "an update over --max-update-norm: refuse (INVALID_ARGUMENT) or clip")
+    max_clients: int = option(10_000, "most distinct client ids the server admits")
+    joins_per_minute: int = option(30, "most Joins one client id may make per minute")
     epochs: int = option(1, "local epochs per round")
     batch_size: int = option(32, "local batch size")
     lr: float = option(0.05, "local learning rate")
@@ -61,6 +68,7 @@ class ServerConfig:
     linger: float = option(10.0, "seconds to keep telling clients the federation finished before exiting")
     chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = option("text", "text, or json for one JSON object per line")
 
 
 @dataclass
@@ -85,6 +93,7 @@ class ClientConfig:
     max_backoff: float = option(30.0, "longest wait between reconnection attempts, seconds")
     chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = option("text", "text, or json for one JSON object per line")
 
 
 @dataclass

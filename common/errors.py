@@ -32,6 +32,10 @@ class PermissionDeniedError(FedsqueezeError):
     """Valid credentials, but for another identity than the one acted as (PERMISSION_DENIED)."""
 
 
+class RateLimitError(FedsqueezeError):
+    """Too many joins from one client, or too many clients (RESOURCE_EXHAUSTED)."""
+
+
 class SessionError(FedsqueezeError):
     """Unknown or superseded session: the client must Join again (UNAUTHENTICATED)."""
 

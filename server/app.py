@@ -65,6 +65,9 @@ async def serve(config: ServerConfig) -> None:
         resumed = coordinator.resume()
     except CheckpointError as exc:
         raise SystemExit(f"cannot resume: {exc}") from None
+    if config.metrics_listen:
+        metrics_port = coordinator.metrics.serve(config.metrics_listen)
+        log.info("Prometheus metrics on %s:%d/metrics", config.metrics_listen.rpartition(":")[0], metrics_port)
     if store is None:
         log.warning("no --state-dir: the global model and round history live only in memory; a restarted "
                     "server starts the federation over")

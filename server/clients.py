@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from fedsqueeze.codecs import get_plan
-from fedsqueeze.errors import PayloadError, SessionError
+from fedsqueeze.errors import PayloadError, RateLimitError, SessionError
 from fedsqueeze.v1 import federation_pb2 as pb
 
 _CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -29,12 +30,32 @@ class ClientInfo:
 
 
 class ClientRegistry:
-    """Joined clients by session. A client that joins again gets a new session; the old one dies."""
+    """Joined clients by session. A client that joins again gets a new session; the old one dies.
 
-    def __init__(self, timeout: float) -> None:
+    Joins are limited: at most ``max_clients`` distinct client ids, and at most
+    ``joins_per_minute`` joins per client id (a restarting device needs a few;
+    a flood gets RESOURCE_EXHAUSTED).
+    """
+
+    def __init__(self, timeout: float, max_clients: int = 10_000, joins_per_minute: int = 30) -> None:
         self._timeout = timeout
+        self._max_clients = max_clients
+        self._joins_per_minute = joins_per_minute
         self._by_id: dict[str, ClientInfo] = {}
         self._by_session: dict[str, ClientInfo] = {}
+        self._recent_joins: dict[str, deque[float]] = {}
+
+    def _admit(self, client_id: str) -> None:
+        if client_id not in self._by_id and len(self._by_id) >= self._max_clients:
+            raise RateLimitError(f"the federation is full ({self._max_clients} clients; --max-clients)")
+        now = time.monotonic()
+        recent = self._recent_joins.setdefault(client_id, deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= self._joins_per_minute:
+            raise RateLimitError(f"client {client_id!r} joined {len(recent)} times in the last minute "
+                                 f"(limit {self._joins_per_minute}); wait before joining again")
+        recent.append(now)
 
     def join(self, client_id: str, capabilities: pb.Capabilities, uplink: str = "", downlink: str = "",
              instance_id: str = "") -> ClientInfo:
@@ -44,6 +65,7 @@ class ClientRegistry:
         budget = capabilities.compute_budget
         if budget and not 0 < budget <= 1:
             raise PayloadError(f"compute_budget must be in (0, 1], not {budget}")
+        self._admit(client_id)
         old = self._by_id.get(client_id)
         if old is not None:
             self._by_session.pop(old.session_id, None)

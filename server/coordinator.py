@@ -37,6 +37,7 @@ from fedsqueeze.server.checkpoint import Checkpoint, CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
 from fedsqueeze.server.history import build_report
 from fedsqueeze.server.metering import ByteMeter, Traffic
+from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -89,6 +90,7 @@ class Upload:
     assignment: Assignment
     client: ClientInfo
     header: pb.UpdateHeader
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def expected(self) -> dict[str, ExpectedTensor]:
@@ -103,12 +105,14 @@ class Upload:
 class Coordinator:
     def __init__(self, config: ServerConfig, strategy: Strategy, model_spec: pb.ModelSpec,
                  evaluate: Callable[[nn.Module], tuple[float, float]], meter: ByteMeter,
-                 store: CheckpointStore | None = None) -> None:
+                 store: CheckpointStore | None = None, metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self.strategy = strategy
         self.model_spec = model_spec
         self.meter = meter
-        self.clients = ClientRegistry(config.client_timeout)
+        self.clients = ClientRegistry(config.client_timeout, config.max_clients, config.joins_per_minute)
+        if config.norm_action not in ("refuse", "clip"):
+            raise ValueError(f"--norm-action must be refuse or clip, not {config.norm_action!r}")
         self.phase = pb.WAITING_FOR_CLIENTS
         self.current: OpenRound | None = None
         self.history: list[pb.RoundMetrics] = []
@@ -117,6 +121,9 @@ class Coordinator:
         self._changed = asyncio.Event()
         self._traffic_at_last_close = meter.snapshot()
         self._store = store
+        self.metrics = metrics or ServerMetrics()
+        self.metrics.watch_traffic(self.total_traffic)
+        self.metrics.clients.set_function(lambda: len(self.clients.available()))
         self._first_round = 1
         self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
 
@@ -216,6 +223,8 @@ class Coordinator:
                              selected=len(rnd.assignments), updates=rnd.committed, dense_bytes_up=rnd.dense_up,
                              dense_bytes_down=rnd.dense_down, metrics=metrics)
         self.history.append(record)
+        self.metrics.rounds.inc()
+        self.metrics.accuracy.set(accuracy)
         if self._store:
             traffic = self.total_traffic()
             await asyncio.to_thread(self._store.save, Checkpoint(
@@ -336,12 +345,15 @@ class Coordinator:
         if rnd is not self.current or not rnd.is_open:
             raise RoundStateError(f"round {rnd.number} closed while the update was in flight")
         header = upload.header
+        tensors = self._bounded(assignment.plan, tensors)
         update = ClientUpdate(upload.client.client_id, assignment.plan, tensors, header.num_examples,
                               dict(header.metrics), sizes)
         self.strategy.accumulate(rnd.accumulator, update)
         assignment.status = "committed"
         upload.client.updates_committed += 1
         rnd.committed += 1
+        self.metrics.updates.inc()
+        self.metrics.update_seconds.observe(time.monotonic() - upload.started)
         rnd.dense_up += sum(e.spec.dense_bytes for e in upload.expected.values())
         for key, value in update.metrics.items():
             rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + value * update.num_examples
@@ -351,6 +363,19 @@ class Coordinator:
         self._close_if_settled(rnd)
         self._notify()
         return pb.SubmitReply(round=rnd.number)
+
+    def _bounded(self, plan: ClientPlan, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A delta within ``--max-update-norm``: refused (PayloadError) or scaled down, as configured."""
+        bound = self.config.max_update_norm
+        if not plan.sends_delta or bound <= 0:
+            return tensors
+        norm = math.sqrt(sum(float(np.dot(t.reshape(-1).astype(np.float64), t.reshape(-1))) for t in tensors.values()))
+        if norm <= bound:
+            return tensors
+        if self.config.norm_action == "refuse":
+            raise PayloadError(f"update norm {norm:.4g} exceeds the server's bound {bound:g} (--max-update-norm)")
+        log.info("clipping an update of norm %.4g to %g", norm, bound)
+        return {name: (t * (bound / norm)).astype(t.dtype) for name, t in tensors.items()}
 
     def _open_task(self, task_id: str, client: ClientInfo) -> tuple[OpenRound, Assignment]:
         rnd = self.current

@@ -27,10 +27,12 @@ from fedsqueeze.errors import (
     FedsqueezeError,
     PayloadError,
     PermissionDeniedError,
+    RateLimitError,
     RoundStateError,
     SessionError,
 )
 from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import StreamReceiver, decode_tensor
@@ -43,15 +45,18 @@ STATUS_FOR: dict[type[FedsqueezeError], grpc.StatusCode] = {
     SessionError: grpc.StatusCode.UNAUTHENTICATED,
     AuthenticationError: grpc.StatusCode.UNAUTHENTICATED,
     PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    RateLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ConflictError: grpc.StatusCode.ABORTED,
 }
 
 R = TypeVar("R")
 
 
-async def _abort(context: grpc.aio.ServicerContext, method: str, exc: FedsqueezeError) -> None:
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: FedsqueezeError,
+                 metrics: ServerMetrics) -> None:
     code = next(code for cls, code in STATUS_FOR.items() if isinstance(exc, cls))
     log.info("%s refused with %s: %s", method, code.name, exc)
+    metrics.rejections.labels(method, code.name).inc()
     await context.abort(code, str(exc))
 
 
@@ -62,7 +67,7 @@ def status_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
         try:
             return await method(self, request, context)
         except FedsqueezeError as exc:
-            await _abort(context, method.__name__, exc)
+            await _abort(context, method.__name__, exc, self._coordinator.metrics)
             raise  # unreachable: abort raises
     return wrapper
 
@@ -108,7 +113,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._check_session(context, request.session_id)
             rnd, plan, model = self._coordinator.begin_download(request.session_id, request.task_id)
         except FedsqueezeError as exc:
-            await _abort(context, "DownloadModel", exc)
+            await _abort(context, "DownloadModel", exc, self._coordinator.metrics)
             return
         for chunk in model.chunks(self._chunk_bytes):
             yield chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import grpc
@@ -258,11 +259,14 @@ def test_simulated_ae_run_and_a_server_restart_that_keeps_the_decoders(cluster: 
     assert rounds[2].dense_bytes_up / rounds[2].bytes_up > 20
     first.send_signal(signal.SIGKILL)
     first.wait()
-    cluster.server(*FAST_SERVER, "--rounds", "2", "--min-clients", "1", "--method", AE_METHOD,
+    cluster.server(*FAST_SERVER, "--rounds", "8", "--min-clients", "1", "--method", AE_METHOD,
                    "--state-dir", str(state), port=port)
     assert cluster.wait("server", 120) == 0 and cluster.wait("edge", 30) == 0
     assert "restored decoder ae-edge version 1" in cluster.log("server")
-    for r in cluster.report()["rounds"]:   # straight back to latents: no warm-up, no second decoder upload
+    resumed = int(re.search(r"resumed from .* after round (\d+)", cluster.log("server")).group(1))
+    report = cluster.report()["rounds"]
+    assert resumed >= 3 and [r["round"] for r in report] == list(range(1, 9))
+    for r in report[resumed:]:   # straight back to latents: no warm-up, no second decoder upload
         metrics = r["metrics"]
         assert metrics["clients_latent"] == 1 and metrics["payload_bytes_decoder"] == 0
         assert metrics["payload_bytes_warmup"] == 0

@@ -53,6 +53,7 @@ class ClientPlan:
     downlink_codec: str
     method_config: dict[str, Any] = field(default_factory=dict)   # for the client trainer
     error_feedback: bool = True        # False when clients send models rather than updates
+    sends_delta: bool = True           # the update is a change to the model (so its norm is bounded)
 
 
 @dataclass(frozen=True)

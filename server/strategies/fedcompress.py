@@ -146,7 +146,8 @@ class FedCompress(Strategy):
         self._plans[profile] = get_plan(self.plan(k)).spec
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
                           uplink_codec=self._plans[profile], downlink_codec=self._plans[profile],
-                          method_config={"k": k, **self.client_config}, error_feedback=False)
+                          method_config={"k": k, **self.client_config}, error_feedback=False,
+                          sends_delta=False)
         return {client.client_id: plan for client in clients}
 
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:

@@ -1,0 +1,60 @@
+"""What an operator watches: Prometheus metrics on ``--metrics-listen`` (logs: ``fedsqueeze.logs``).
+
+Metrics (own registry, so several servers can live in one process in tests):
+
+- ``fedsqueeze_rounds_total``, ``fedsqueeze_round_accuracy``: committed rounds, the last one's test accuracy;
+- ``fedsqueeze_clients_connected``: clients that called within the client timeout;
+- ``fedsqueeze_bytes_total{direction="up"|"down"}``: the byte meter's totals (serialised Federation
+  messages), read at scrape time so they never disagree with the round records;
+- ``fedsqueeze_updates_total``, ``fedsqueeze_update_seconds``: committed updates and the time from an
+  update's header to its commit;
+- ``fedsqueeze_rejections_total{method, code}``: refused calls by RPC and status code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
+
+from fedsqueeze.server.metering import Traffic
+
+
+class _Traffic(Collector):
+    def __init__(self, read: Callable[[], Traffic]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        traffic = self._read()
+        family = CounterMetricFamily("fedsqueeze_bytes", "Bytes of serialised Federation messages",
+                                     labels=["direction"])
+        family.add_metric(["up"], traffic.up)
+        family.add_metric(["down"], traffic.down)
+        yield family
+
+
+class ServerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.rounds = Counter("fedsqueeze_rounds", "Committed rounds", registry=self.registry)
+        self.accuracy = Gauge("fedsqueeze_round_accuracy", "Test accuracy after the last round",
+                              registry=self.registry)
+        self.clients = Gauge("fedsqueeze_clients_connected", "Clients seen within the client timeout",
+                             registry=self.registry)
+        self.updates = Counter("fedsqueeze_updates", "Committed client updates", registry=self.registry)
+        self.update_seconds = Histogram("fedsqueeze_update_seconds", "From an update's header to its commit",
+                                        buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+                                        registry=self.registry)
+        self.rejections = Counter("fedsqueeze_rejections", "Refused calls", ["method", "code"],
+                                  registry=self.registry)
+
+    def watch_traffic(self, read: Callable[[], Traffic]) -> None:
+        self.registry.register(_Traffic(read))
+
+    def serve(self, listen: str) -> int:
+        """Serve ``/metrics`` on ``host:port`` (port 0 picks one); return the port."""
+        host, _, port = listen.rpartition(":")
+        server, _ = start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=self.registry)
+        return int(server.server_port)

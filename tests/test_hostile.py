@@ -1,0 +1,140 @@
+"""A live, enrolled server under 1,000 mixed hostile requests; and what its Prometheus endpoint reports."""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+
+from fedsqueeze.certs import make_certificates
+from fedsqueeze.enrolment import BearerToken, read_token
+from fedsqueeze.limits import MAX_MESSAGE_BYTES
+from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
+from fedsqueeze.wire import EncodedModel, EncodedTensor, encode_model, expect_all
+
+from conftest import FAST_SERVER, Cluster, free_port
+from test_refusals import Prober
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The metrics endpoint's samples, by name and labels as the exposition format writes them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
+    creds = cluster.root / "creds"
+    make_certificates(creds, ["localhost"], ["alice", "mallory"], days=1)
+    metrics_port = free_port()
+    cluster.server(*FAST_SERVER, "--rounds", "3", "--min-clients", "1", "--tokens", str(creds / "tokens.json"),
+                   "--max-update-norm", "100", "--joins-per-minute", "5", "--metrics-listen",
+                   f"127.0.0.1:{metrics_port}", "--log-format", "json")
+
+    def channel(token: str | None) -> grpc.Channel:
+        plain = grpc.insecure_channel(f"127.0.0.1:{cluster.port}")
+        return grpc.intercept_channel(plain, BearerToken(token)) if token else plain
+
+    alice = Prober(channel(read_token(str(creds / "alice.token"))), client_id="alice")
+    mallory_channel = channel(read_token(str(creds / "mallory.token")))
+    mallory = pb_grpc.FederationStub(mallory_channel)
+    anonymous = pb_grpc.FederationStub(channel(None))
+    forger = pb_grpc.FederationStub(channel("forged-token"))
+
+    zero = {n: np.zeros(s.shape, np.float32) for n, s in alice.specs.items()}
+    first = alice.task()
+    replay = [alice.header(first), *alice.chunks(zero, first)]
+    assert alice.submit(replay).round == 1                       # round 1 commits; round 2 opens
+    task = alice.task()
+    assert task.round == 2
+    model_before = alice.download(task)
+    for _ in range(5):                                           # mallory uses up her joins for the minute
+        mallory.Join(pb.JoinRequest(client_id="mallory"), timeout=10)
+
+    def update(fill: Callable[[tuple[int, ...]], np.ndarray]) -> list[pb.UpdateMessage]:
+        """An update whose tensors ``fill`` makes, written raw into the dense uplink format (NaN included)."""
+        assert task.uplink_codec.startswith("dense(dtype=float32)")
+        valid = encode_model(zero, expect_all(alice.specs, task.uplink_codec))
+        raw = EncodedModel([EncodedTensor(t.spec, t.codec, fill(t.spec.shape).astype("<f4").tobytes())
+                            for t in valid.tensors])
+        return [alice.header(task), *alice.chunks(raw)]
+
+    def oversized() -> list[pb.UpdateMessage]:
+        chunk = pb.Chunk(tensor=pb.TensorHeader(name="features.0.weight"), data=bytes(MAX_MESSAGE_BYTES))
+        return [alice.header(task), pb.UpdateMessage(chunk=chunk)]
+
+    def too_long() -> list[pb.UpdateMessage]:
+        messages = update(np.zeros)
+        return [*messages, *messages[1:]]                        # every tensor sent twice
+
+    submit = alice.stub.SubmitUpdate
+    kinds: list[tuple[str, grpc.StatusCode, Callable[[], object]]] = [
+        ("join without a token", grpc.StatusCode.UNAUTHENTICATED,
+         lambda: anonymous.Join(pb.JoinRequest(client_id="alice"), timeout=10)),
+        ("update with a forged token", grpc.StatusCode.UNAUTHENTICATED,
+         lambda: forger.SubmitUpdate(iter(update(np.zeros)), timeout=10)),
+        ("mallory joins as alice", grpc.StatusCode.PERMISSION_DENIED,
+         lambda: mallory.Join(pb.JoinRequest(client_id="alice"), timeout=10)),
+        ("mallory submits on alice's session", grpc.StatusCode.PERMISSION_DENIED,
+         lambda: mallory.SubmitUpdate(iter(update(np.zeros)), timeout=10)),
+        ("mallory floods joins", grpc.StatusCode.RESOURCE_EXHAUSTED,
+         lambda: mallory.Join(pb.JoinRequest(client_id="mallory"), timeout=10)),
+        ("NaN weights", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: submit(iter(update(lambda shape: np.full(shape, np.nan, np.float32))), timeout=10)),
+        ("infinite weights", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: submit(iter(update(lambda shape: np.full(shape, -np.inf, np.float32))), timeout=10)),
+        ("absurd norm", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: submit(iter(update(lambda shape: np.full(shape, 1e3, np.float32))), timeout=10)),
+        ("replay of round 1's update", grpc.StatusCode.FAILED_PRECONDITION,
+         lambda: submit(iter(replay), timeout=10)),
+        ("unknown session", grpc.StatusCode.UNAUTHENTICATED,
+         lambda: submit(iter([alice.header(task, session_id="made-up"), *update(np.zeros)[1:]]), timeout=10)),
+        ("over-long stream", grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(iter(too_long()), timeout=10)),
+        ("oversized message", grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: submit(iter(oversized()), timeout=10)),
+    ]
+    rng = random.Random(7)
+    tallies: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    for _ in range(1000):
+        label, code, call = rng.choice(kinds)
+        try:
+            call()
+        except grpc.RpcError as exc:
+            assert exc.code() == code, f"{label}: {exc.code()} {exc.details()}"
+            tallies[label] += 1
+            codes[code.name] += 1
+        else:
+            raise AssertionError(f"{label} was accepted")
+    print(f"\n1000 hostile requests, all refused as expected: {dict(tallies)}")
+
+    status = pb_grpc.OperatorStub(channel(read_token(str(creds / "operator.token")))).GetStatus(
+        pb.StatusRequest(include_history=True), timeout=10)
+    assert status.state == pb.TRAINING and status.round == 2 and len(status.history) == 1
+    assert cluster.processes["server"].poll() is None
+    model_after = alice.download(task)
+    assert all(np.array_equal(model_after[k], v) for k, v in model_before.items()), "the global model changed"
+
+    samples = scrape(metrics_port)
+    assert samples["fedsqueeze_rounds_total"] == 1 and samples["fedsqueeze_updates_total"] == 1
+    assert samples['fedsqueeze_bytes_total{direction="up"}'] > 0
+    assert samples["fedsqueeze_clients_connected"] >= 1
+    refused = Counter()
+    for name, value in samples.items():
+        if name.startswith("fedsqueeze_rejections_total{"):
+            refused[name.split('code="')[1].split('"')[0]] += int(value)
+    for code, count in codes.items():   # gRPC itself refuses oversized messages before any handler runs
+        if code != "RESOURCE_EXHAUSTED":
+            assert refused[code] >= count, (code, refused)
+    log_lines = [json.loads(line) for line in cluster.log("server").splitlines() if line.startswith("{")]
+    assert any("refused with" in line["message"] for line in log_lines)
