@@ -8,11 +8,15 @@ T^2 * KL(p_teacher || p_student) at temperature T (Hinton et al., 2015).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from fedsqueeze.data.ood import load_ood
+from fedsqueeze.specs import parse_spec
 
 TeacherProbabilities = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -61,3 +65,54 @@ def distill(student: nn.Module, teacher: TeacherProbabilities, data: torch.Tenso
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+
+
+class Distillation:
+    """A method's server-side distillation: settings from its spec, and its unlabeled set, made once.
+
+    Parameters (shared by the methods that distil): distill (true), kd_epochs,
+    kd_lr (1e-4), kd_batch (256), temperature (2.0), ``<set>`` (the unlabeled
+    set's spec: "procedural" or a dataset other than the federation's) and
+    ``<set>_samples`` (5000). A tenth of the set is held out to measure the KL.
+    """
+
+    HELD_OUT = 0.1
+
+    @staticmethod
+    def params(set_key: str) -> frozenset[str]:
+        return frozenset({"distill", "kd_epochs", "kd_lr", "kd_batch", "temperature", set_key, f"{set_key}_samples"})
+
+    def __init__(self, params: Mapping[str, Any], method: str, federation_data: str, input_shape: tuple[int, ...],
+                 seed: int, set_key: str, default_epochs: int) -> None:
+        self.enabled = bool(params.get("distill", True))
+        self.epochs = int(params.get("kd_epochs", default_epochs))
+        self.lr = float(params.get("kd_lr", 1e-4))
+        self.batch = int(params.get("kd_batch", 256))
+        self.temperature = float(params.get("temperature", 2.0))
+        self.set_spec = str(params.get(set_key, "procedural"))
+        self.samples = int(params.get(f"{set_key}_samples", 5000))
+        if parse_spec(self.set_spec)[0] == parse_spec(federation_data)[0]:
+            raise ValueError(f"{method}: the distillation set must not be the federation's own data "
+                             f"({federation_data}); use {set_key}=procedural or another dataset")
+        self.input_shape = input_shape
+        self.seed = seed
+        self._data: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.enabled and self.epochs > 0
+
+    def data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(distillation part, held-out part) of the unlabeled set."""
+        if self._data is None:
+            images = load_ood(self.set_spec, self.input_shape, self.samples, self.seed)
+            held = max(1, int(self.HELD_OUT * len(images)))
+            self._data = images[held:], images[:held]
+        return self._data
+
+    def run(self, student: nn.Module, teacher: TeacherProbabilities, round_number: int) -> dict[str, float]:
+        """Distil ``teacher`` into ``student``; return the held-out KL before and after."""
+        train, held = self.data()
+        before = kl_to_teacher(student, teacher, held, self.temperature)
+        distill(student, teacher, train, self.epochs, self.temperature, self.lr, self.batch, seed=round_number)
+        return {"kd_kl_before": before, "kd_kl_after": kl_to_teacher(student, teacher, held, self.temperature)}

@@ -31,18 +31,14 @@ import torch
 
 from fedsqueeze.clustering import cluster_model_, clustered_tensors, weight_sharing
 from fedsqueeze.codecs import get_plan
-from fedsqueeze.data.ood import load_ood
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
-from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
+from fedsqueeze.server.distillation import Distillation, softened
 from fedsqueeze.server.strategies.base import ClientPlan, Strategy, StrategySettings
-from fedsqueeze.specs import parse_spec
 from fedsqueeze.tensors import float_state
 from fedsqueeze.wire import ExpectedTensor, encode_model, expect_all
 
 log = logging.getLogger(__name__)
-
-OOD_HELD_OUT = 0.1   # share of the OOD set kept aside to measure the teacher-student KL
 
 
 @dataclass
@@ -98,8 +94,7 @@ class KSchedule:
 class FedCompress(Strategy):
     name = "fedcompress"
     params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "cluster_epochs", "cluster_lr",
-                        "val_fraction", "distill", "kd_epochs", "kd_lr", "kd_batch", "temperature", "ood",
-                        "ood_samples", "entropy"})
+                        "val_fraction", "entropy"}) | Distillation.params("ood")
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
@@ -110,19 +105,12 @@ class FedCompress(Strategy):
         self.client_config = {"cluster_epochs": int(p.get("cluster_epochs", 1)),
                               "cluster_lr": float(p.get("cluster_lr", 5e-4)),
                               "val_fraction": float(p.get("val_fraction", 0.1))}
-        self.distill = bool(p.get("distill", True))
-        self.kd_epochs = int(p.get("kd_epochs", 10))
-        self.kd_lr = float(p.get("kd_lr", 1e-4))
-        self.kd_batch = int(p.get("kd_batch", 256))
-        self.temperature = float(p.get("temperature", 2.0))
-        self.ood_spec = str(p.get("ood", "procedural"))
-        self.ood_samples = int(p.get("ood_samples", 5000))
+        input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
+        self.distillation = Distillation(p, self.name, settings.data, input_shape, settings.seed, "ood",
+                                         default_epochs=10)
         self.entropy = str(p.get("entropy", "ans"))
         if self.entropy not in ("zstd", "ans"):
             raise ValueError(f"fedcompress: entropy must be zstd or ans, not {self.entropy!r}")
-        if parse_spec(self.ood_spec)[0] == parse_spec(settings.data)[0]:
-            raise ValueError(f"fedcompress: the distillation set must not be the federation's own data "
-                             f"({settings.data}); use ood=procedural or another dataset")
         self.clustered = set(clustered_tensors(model))
         self._ood: tuple[torch.Tensor, torch.Tensor] | None = None
         self._plans: dict[str, str] = {}
@@ -156,15 +144,6 @@ class FedCompress(Strategy):
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         return expect_all(self.specs, plan.uplink_codec)
 
-    def _ood_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distillation set, held-out set) of OOD images, made once."""
-        if self._ood is None:
-            input_shape = tuple(json.loads(self.settings.model_spec.config_json)["input_shape"])
-            images = load_ood(self.ood_spec, input_shape, self.ood_samples, self.settings.seed)
-            held = max(1, int(OOD_HELD_OUT * len(images)))
-            self._ood = images[held:], images[:held]
-        return self._ood
-
     def aggregate(self, round_number: int, accumulator: WeightedSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
         k = self.schedule.k
@@ -174,14 +153,9 @@ class FedCompress(Strategy):
         if self.settings.evaluate:
             metrics["teacher_accuracy"] = self.settings.evaluate(teacher)[0]
         student = copy.deepcopy(teacher)
-        if self.distill and self.kd_epochs > 0:
-            train, held = self._ood_data()
-            teacher_probabilities = softened([teacher])
+        if self.distillation.active:
             with weight_sharing(student, k, self.settings.seed):
-                metrics["kd_kl_before"] = kl_to_teacher(student, teacher_probabilities, held, self.temperature)
-                distill(student, teacher_probabilities, train, self.kd_epochs, self.temperature, self.kd_lr,
-                        self.kd_batch, seed=round_number)
-                metrics["kd_kl_after"] = kl_to_teacher(student, teacher_probabilities, held, self.temperature)
+                metrics.update(self.distillation.run(student, softened([teacher]), round_number))
         else:
             cluster_model_(student, k, self.settings.seed)
         self.model.load_state_dict(student.state_dict())

@@ -22,9 +22,8 @@ at 1). Training cost grows about as width squared, so a client gets the widest
 tier ``w`` with ``w * w <= capacity``, or the narrowest tier.
 
 Method parameters: tiers ("1/0.75/0.5/0.25"), reference_speed (0: speed
-ignored), distill (true), kd_epochs (2), kd_lr (1e-4), kd_batch (256),
-temperature (2.0), public ("procedural", or a dataset spec other than the
-federation's), public_samples (5000).
+ignored), and the distillation's (``fedsqueeze.server.distillation.Distillation``,
+kd_epochs 2 by default, the unlabeled set named ``public``).
 
 Error feedback is off: the channels a sub-model holds change from round to
 round, so a residual in sub-model coordinates has nothing to be added to.
@@ -42,17 +41,13 @@ import numpy as np
 import torch
 
 from fedsqueeze.costs import training_cost
-from fedsqueeze.data.ood import load_ood
 from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prune
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
-from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
+from fedsqueeze.server.distillation import Distillation, softened
 from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
-from fedsqueeze.specs import parse_spec
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.wire import ExpectedTensor, expect_all
-
-PUBLIC_HELD_OUT = 0.1   # share of the public set kept aside to measure the distillation KL
 
 
 def parse_tiers(text: str) -> list[float]:
@@ -108,25 +103,16 @@ class CoverageSum(WeightedSum):
 
 class Reft(Strategy):
     name = "reft"
-    params = frozenset({"tiers", "reference_speed", "distill", "kd_epochs", "kd_lr", "kd_batch", "temperature",
-                        "public", "public_samples"})
+    params = frozenset({"tiers", "reference_speed"}) | Distillation.params("public")
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
         p = settings.params
         self.widths = parse_tiers(p.get("tiers", "1/0.75/0.5/0.25"))
         self.reference_speed = float(p.get("reference_speed", 0.0))
-        self.distill = bool(p.get("distill", True))
-        self.kd_epochs = int(p.get("kd_epochs", 2))
-        self.kd_lr = float(p.get("kd_lr", 1e-4))
-        self.kd_batch = int(p.get("kd_batch", 256))
-        self.temperature = float(p.get("temperature", 2.0))
-        self.public_spec = str(p.get("public", "procedural"))
-        self.public_samples = int(p.get("public_samples", 5000))
-        if parse_spec(self.public_spec)[0] == parse_spec(settings.data)[0]:
-            raise ValueError(f"reft: the distillation set must not be the federation's own data ({settings.data}); "
-                             "use public=procedural or another dataset")
         self.input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
+        self.distillation = Distillation(p, self.name, settings.data, self.input_shape, settings.seed, "public",
+                                         default_epochs=2)
         self.example = torch.zeros(1, *self.input_shape)
         self.cuts: dict[float, TierCut] = {}
         self.profiles: dict[str, tuple[float, str]] = {}
@@ -197,14 +183,6 @@ class Reft(Strategy):
         accumulator.bytes_up[width] = accumulator.bytes_up.get(width, 0) + sum(update.payload_bytes.values())
         accumulator.clients[width] = accumulator.clients.get(width, 0) + 1
 
-    def _public_data(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(distillation set, held-out set) of unlabeled public images, made once."""
-        if self._public is None:
-            images = load_ood(self.public_spec, self.input_shape, self.public_samples, self.settings.seed)
-            held = max(1, int(PUBLIC_HELD_OUT * len(images)))
-            self._public = images[held:], images[:held]
-        return self._public
-
     def _teacher_models(self, teachers: list[tuple[float, dict[str, torch.Tensor]]]) -> list[torch.nn.Module]:
         """The clients' trained sub-models as modules (cut as this round's download was)."""
         models = []
@@ -228,15 +206,10 @@ class Reft(Strategy):
                 coverage.append(((covered > 0).sum().item(), covered.numel()))
         metrics: dict[str, float] = {
             "coverage": sum(c for c, _ in coverage) / max(1, sum(n for _, n in coverage))}
-        if self.distill and self.kd_epochs > 0 and teachers:
-            train, held = self._public_data()
-            ensemble = softened(teachers)
+        if self.distillation.active and teachers:
             if self.settings.evaluate:
                 metrics["aggregate_accuracy"] = self.settings.evaluate(self.model)[0]
-            metrics["kd_kl_before"] = kl_to_teacher(self.model, ensemble, held, self.temperature)
-            distill(self.model, ensemble, train, self.kd_epochs, self.temperature, self.kd_lr, self.kd_batch,
-                    seed=round_number)
-            metrics["kd_kl_after"] = kl_to_teacher(self.model, ensemble, held, self.temperature)
+            metrics.update(self.distillation.run(self.model, softened(teachers), round_number))
         metrics.update(self._tier_metrics(accumulator))
         return metrics
 
