@@ -87,14 +87,13 @@ def test_client_started_before_the_server_joins_when_it_comes_up(cluster: Cluste
 
 
 def test_sigterm_stops_a_client_cleanly(cluster: Cluster) -> None:
+    """SIGTERM during a long-poll: the client cancels the poll and leaves, rather than waiting it out."""
     cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "2")
     client = cluster.client("polite")
     wait_for(lambda: cluster.status().connected_clients == 1, 60, "the client to join")
-    time.sleep(0.5)   # now inside a long-poll
-    started = time.monotonic()
+    time.sleep(0.5)   # now inside a 20 s long-poll
     client.send_signal(signal.SIGTERM)
-    assert cluster.wait("polite", 10) == 0
-    assert time.monotonic() - started < 5
+    assert cluster.wait("polite", 15) == 0   # before the poll could have ended by itself: it was cancelled
     wait_for(lambda: "client polite left" in cluster.log("server"), 10, "the server to see the Leave")
     assert cluster.status().connected_clients == 0
 
