@@ -72,8 +72,12 @@ def rounds_to_reach(report: dict[str, Any], target: float) -> tuple[int | None, 
 
 
 def summarise(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per variant. Every "vs float32" figure divides one float32 copy of the whole model per
+    committed update (taken from the baseline's first round, so runs recorded before the server defined
+    ``dense_bytes_up`` that way compare alike) by the bytes that crossed the wire."""
     baseline = next(iter(reports.values()))
     base_total = baseline["bytes_up"] + baseline["bytes_down"]
+    float32_update = baseline["rounds"][0]["dense_bytes_up"] / baseline["rounds"][0]["updates"]
     target = 0.95 * baseline["final_accuracy"]
     rows = []
     for label, report in reports.items():
@@ -87,7 +91,7 @@ def summarise(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             "accuracy_delta_points": 100 * (report["final_accuracy"] - baseline["final_accuracy"]),
             "bytes_up": report["bytes_up"],
             "bytes_down": report["bytes_down"],
-            "uplink_reduction_vs_float32": report["dense_bytes_up"] / report["bytes_up"],
+            "uplink_reduction_vs_float32": float32_update * sum(r["updates"] for r in rounds) / report["bytes_up"],
             "downlink_reduction_vs_float32": report["dense_bytes_down"] / report["bytes_down"],
             "bytes_up_per_round": up_per_round,
             "communication_reduction_vs_baseline": base_total / total,
@@ -101,6 +105,15 @@ def summarise(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             rows[-1]["model_size_reduction_vs_float32"] = float32_model / last["model_bytes"]
         if "k" in last:             # FedCompress: the number of clusters per round
             rows[-1]["k_trajectory"] = k_trajectory([int(r["metrics"]["k"]) for r in rounds])
+        if "payload_bytes_latent" in last:   # autoencoder: latent rounds, and the uplink by kind of payload
+            latent = [r for r in rounds if r["metrics"]["clients_latent"] == r["updates"] > 0]
+            rows[-1]["latent_rounds"] = len(latent)
+            rows[-1]["latent_round_uplink_reduction_vs_float32"] = (
+                float32_update * sum(r["updates"] for r in latent) / sum(r["bytes_up"] for r in latent)
+                if latent else None)
+            rows[-1]["uplink_payload_bytes"] = {
+                kind: int(sum(r["metrics"].get(f"payload_bytes_{kind}", 0) for r in rounds))
+                for kind in ("warmup", "decoder", "latent", "coarse", "correction")}
     return rows
 
 
@@ -128,6 +141,23 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              + f" | {r.get('k_trajectory', '')} |"
              for r in rows]
     return head + "\n".join(lines) + "\n"
+
+
+def autoencoder_markdown(rows: list[dict[str, Any]]) -> str:
+    rows = [r for r in rows if "latent_rounds" in r]
+    if not rows:
+        return ""
+    head = ("| variant | latent rounds | uplink per latent round vs float32 | warm-up | decoders | latents | "
+            "corrections | total up vs baseline |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
+    lines = []
+    for r in rows:
+        ratio = r["latent_round_uplink_reduction_vs_float32"]
+        kinds = r["uplink_payload_bytes"]
+        lines.append(f"| {r['variant']} | {r['latent_rounds']} | " + (f"{ratio:.0f}x" if ratio else "") + " | "
+                     f"{kinds['warmup']:,} | {kinds['decoder']:,} | {kinds['latent']:,} | {kinds['correction']:,} | "
+                     f"{r['uplink_vs_baseline']:.1f}x |")
+    return ("\nAutoencoder uplink, payload bytes by kind over the whole run (the wire adds framing):\n\n"
+            + head + "\n".join(lines) + "\n")
 
 
 def tier_rows(reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -185,8 +215,10 @@ def main() -> int:
         label, _, extra = variant.partition("=")
         reports[label] = run_variant(label, shlex.split(extra), common, runs)
     rows = summarise(reports)
+    for row in rows:
+        row["uplink_vs_baseline"] = rows[0]["bytes_up"] / row["bytes_up"]
     tiers = tier_rows(reports)
-    table = markdown(rows) + tier_markdown(tiers)
+    table = markdown(rows) + autoencoder_markdown(rows) + tier_markdown(tiers)
     setting = (f"{args.data}, {args.clients} clients, {args.partition}, {args.rounds} rounds, seed {args.seed}")
     (out / f"{args.name}.md").write_text(f"{setting}\n\n{table}")
     summary = {"setting": setting, "summary": rows, "tiers": tiers, "reports": reports}

@@ -121,6 +121,9 @@ class Coordinator:
         self._changed = asyncio.Event()
         self._traffic_at_last_close = meter.snapshot()
         self._store = store
+        # The yardstick of every compression figure: one float32 copy of the whole global model per committed
+        # update and per completed download, whatever a method sends (sub-models, latents, decoders, ...).
+        self._model_float32_bytes = sum(spec.dense_bytes for spec in strategy.specs.values())
         self.metrics = metrics or ServerMetrics()
         self.metrics.watch_traffic(self.total_traffic)
         self.metrics.clients.set_function(lambda: len(self.clients.available()))
@@ -315,7 +318,7 @@ class Coordinator:
         return rnd, assignment.plan, rnd.downlinks[assignment.plan.profile]
 
     def download_completed(self, rnd: OpenRound, plan: ClientPlan, model: EncodedModel) -> None:
-        rnd.dense_down += model.dense_bytes
+        rnd.dense_down += self._model_float32_bytes
         self.strategy.downloaded(plan, model.payload_size)
 
     def begin_upload(self, header: pb.UpdateHeader) -> Upload:
@@ -354,7 +357,7 @@ class Coordinator:
         rnd.committed += 1
         self.metrics.updates.inc()
         self.metrics.update_seconds.observe(time.monotonic() - upload.started)
-        rnd.dense_up += sum(e.spec.dense_bytes for e in upload.expected.values())
+        rnd.dense_up += self._model_float32_bytes
         for key, value in update.metrics.items():
             rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + value * update.num_examples
         rnd.metric_weight += update.num_examples
