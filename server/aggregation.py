@@ -52,3 +52,13 @@ class WeightedSum:
         if not self.count:
             raise ValueError("no updates to average")
         return {name: value / self.weight for name, value in self.sums.items()}
+
+
+def add_mean_delta(model: torch.nn.Module, accumulator: WeightedSum) -> dict[str, torch.Tensor]:
+    """Add the accumulator's weighted mean (of deltas) to ``model`` in place; return that mean."""
+    mean_delta = accumulator.mean()
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, delta in mean_delta.items():
+            state[name].add_(delta)
+    return mean_delta

@@ -58,7 +58,7 @@ from fedsqueeze.autoencoder import (
     unflatten,
 )
 from fedsqueeze.codecs import LATENT_MODELS, get_plan
-from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.aggregation import WeightedSum, add_mean_delta
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.storage import write_atomic, write_json_atomic
 from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
@@ -198,11 +198,7 @@ class Autoencoder(Strategy):
 
     def aggregate(self, round_number: int, accumulator: AutoencoderSum,   # type: ignore[override]
                   client_metrics: dict[str, float]) -> dict[str, float]:
-        mean_delta = accumulator.mean()
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, delta in mean_delta.items():
-                state[name].add_(delta)
+        add_mean_delta(self.model, accumulator)
         metrics = {f"payload_bytes_{kind}": float(size) for kind, size in accumulator.payload_bytes.items()}
         metrics.update({f"clients_{phase}": float(n) for phase, n in accumulator.phases.items()})
         metrics["decoders_registered"] = float(sum(1 for s in self.clients.values() if s.version))

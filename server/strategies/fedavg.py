@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.aggregation import WeightedSum, add_mean_delta
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.strategies.base import ClientPlan, Strategy
 from fedsqueeze.tensors import float_state
@@ -37,10 +37,6 @@ class FedAvg(Strategy):
 
     def aggregate(self, round_number: int, accumulator: WeightedSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
-        mean_delta = accumulator.mean()
-        state = self.model.state_dict()
-        with torch.no_grad():
-            for name, delta in mean_delta.items():
-                state[name].add_(delta)
+        mean_delta = add_mean_delta(self.model, accumulator)
         norm = torch.sqrt(sum((d.double() ** 2).sum() for d in mean_delta.values())).item()
         return {"update_norm": norm}
