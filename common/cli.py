@@ -1,4 +1,4 @@
-"""The ``fedsqueeze`` command: server, client, simulate, status, health, certs.
+"""The ``fedsqueeze`` command: server, client, simulate, loadgen, status, health, certs.
 
 Each command's flags come from its config dataclass (``fedsqueeze.config``);
 heavy modules are imported inside the command that needs them, so ``status``
@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedsqueeze.config import ClientConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
+from fedsqueeze.config import ClientConfig, LoadConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
 from fedsqueeze.logs import setup_logging
 
 
@@ -50,6 +50,14 @@ def _simulate(args: argparse.Namespace) -> int:
     from fedsqueeze.simulate import simulate
 
     return simulate(config)
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    config = resolve(LoadConfig, args, "loadgen")
+    setup_logging(config.log_level, config.log_format)
+    from fedsqueeze.loadgen import main
+
+    return main(config)
 
 
 def _ask_server(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
@@ -128,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("server", ServerConfig, _server, "run the aggregation server"),
         ("client", ClientConfig, _client, "run a client daemon (an edge device)"),
         ("simulate", SimulateConfig, _simulate, "run a server and N client processes on this machine"),
+        ("loadgen", LoadConfig, _loadgen, "load-test a server with many lightweight clients (pre-made updates)"),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         add_arguments(sub, cls)

@@ -49,6 +49,8 @@ class ServerConfig:
     norm_action: str = option("refuse", "an update over --max-update-norm: refuse (INVALID_ARGUMENT) or clip")
     max_clients: int = option(10_000, "most distinct client ids the server admits")
     joins_per_minute: int = option(30, "most Joins one client id may make per minute")
+    concurrent_uploads: int = option(8, "update streams read and decoded at once; more wait their turn (server "
+                                     "memory grows with this, not with the clients connected)")
     epochs: int = option(1, "local epochs per round")
     batch_size: int = option(32, "local batch size")
     lr: float = option(0.05, "local learning rate")
@@ -107,6 +109,20 @@ class SimulateConfig(ServerConfig):
     budgets: str = option("", "compute budgets of the clients in order, comma-separated, repeating (e.g. 1,0.3,0.1)")
     client_threads: int = option(1, "torch threads per client process")
     out: str | None = option("runs/latest", "directory for report.json, report.png and logs")
+
+
+@dataclass
+class LoadConfig:
+    """`fedsqueeze loadgen`: simulated lightweight clients against one test server, over plaintext gRPC."""
+
+    server: str = option("localhost:50051", "server address host:port")
+    clients: int = option(100, "simulated clients, each with its own connection")
+    id_prefix: str = option("load", "client ids are <prefix>-00000, <prefix>-00001, ...")
+    seed: int = option(0, "seed of the pre-made update")
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
+    out: str | None = option(None, "write the result as JSON to this file")
+    log_level: str = option("WARNING", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = option("text", "text, or json for one JSON object per line")
 
 
 C = TypeVar("C")

@@ -49,6 +49,8 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
 
 async def serve(config: ServerConfig) -> None:
     """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
+    if config.concurrent_uploads < 1:
+        raise SystemExit(f"--concurrent-uploads must be at least 1, not {config.concurrent_uploads}")
     if not 0 < config.chunk_bytes <= MAX_CHUNK_BYTES:
         raise SystemExit(f"--chunk-bytes must be in (0, {MAX_CHUNK_BYTES}]")
     if config.threads:
@@ -83,7 +85,8 @@ async def serve(config: ServerConfig) -> None:
     enrolment = Enrolment.load(config.tokens) if config.tokens else None
     if enrolment is None:
         log.warning("no --tokens: any client may join under any id (fine on a closed test network only)")
-    pb_grpc.add_FederationServicer_to_server(FederationServicer(coordinator, config.chunk_bytes, enrolment), server)
+    servicer = FederationServicer(coordinator, config.chunk_bytes, enrolment, config.concurrent_uploads)
+    pb_grpc.add_FederationServicer_to_server(servicer, server)
     pb_grpc.add_OperatorServicer_to_server(OperatorServicer(coordinator, enrolment), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -31,7 +31,7 @@ from fedsqueeze.errors import (
     RoundStateError,
     SessionError,
 )
-from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.coordinator import Coordinator, Upload
 from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
@@ -84,10 +84,15 @@ def caller(enrolment: Enrolment | None, context: grpc.aio.ServicerContext) -> st
 
 
 class FederationServicer(pb_grpc.FederationServicer):
-    def __init__(self, coordinator: Coordinator, chunk_bytes: int, enrolment: Enrolment | None = None) -> None:
+    def __init__(self, coordinator: Coordinator, chunk_bytes: int, enrolment: Enrolment | None = None,
+                 concurrent_uploads: int = 8) -> None:
         self._coordinator = coordinator
         self._chunk_bytes = chunk_bytes
         self._enrolment = enrolment
+        # Uploads read and decoded at once. A stream holds its payload and its decoded tensors until it
+        # commits, so memory grows with this number, not with the clients connected; streams beyond it
+        # wait their turn with their data still on the client (HTTP/2 flow control holds it back).
+        self._upload_slots = asyncio.Semaphore(concurrent_uploads)
 
     def _check_session(self, context: grpc.aio.ServicerContext, session_id: str) -> None:
         """With enrolment: the session must belong to the caller."""
@@ -129,24 +134,29 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._check_session(context, first.header.session_id)
         upload = self._coordinator.begin_upload(first.header)
         try:
-            receiver = StreamReceiver(upload.expected)
-            tensors, sizes = {}, {}
-            async for message in messages:
-                if not upload.round.is_open:
-                    raise RoundStateError(f"round {upload.round.number} closed during the upload")
-                if not message.HasField("chunk"):
-                    raise PayloadError("UpdateHeader sent twice")
-                done = receiver.feed(message.chunk)
-                if done is not None:
-                    name = done.spec.name
-                    tensors[name] = await asyncio.to_thread(decode_tensor, done, upload.expected[name])
-                    sizes[name] = len(done.payload)
-            receiver.finish()
-            reply = self._coordinator.commit(upload, tensors, sizes)
-            reply.payload_bytes = receiver.payload_size
-            return reply
+            async with self._upload_slots:
+                return await self._receive(upload, messages)
         finally:
             upload.release()
+
+    async def _receive(self, upload: Upload, messages: AsyncIterator[pb.UpdateMessage]) -> pb.SubmitReply:
+        """Read an update's tensor stream, decode each tensor as it completes, and commit the whole."""
+        receiver = StreamReceiver(upload.expected)
+        tensors, sizes = {}, {}
+        async for message in messages:
+            if not upload.round.is_open:
+                raise RoundStateError(f"round {upload.round.number} closed during the upload")
+            if not message.HasField("chunk"):
+                raise PayloadError("UpdateHeader sent twice")
+            done = receiver.feed(message.chunk)
+            if done is not None:
+                name = done.spec.name
+                tensors[name] = await asyncio.to_thread(decode_tensor, done, upload.expected[name])
+                sizes[name] = len(done.payload)
+        receiver.finish()
+        reply = self._coordinator.commit(upload, tensors, sizes)
+        reply.payload_bytes = receiver.payload_size
+        return reply
 
     @status_errors
     async def Leave(self, request: pb.LeaveRequest, context: grpc.aio.ServicerContext) -> pb.LeaveReply:

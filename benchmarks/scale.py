@@ -1,0 +1,119 @@
+"""The server at scale (issue 8): 10, 100 and 1,000 concurrent lightweight clients against one server.
+
+For each client count, a fresh ``fedsqueeze server`` process (a >= 1 M-parameter model, Fashion-MNIST for
+its evaluation) and ``fedsqueeze loadgen`` (pre-made updates, no training, one connection per client) run
+a few rounds. Reported: updates ingested per second, submit latency p50/p99, errors, and the server's peak
+RSS (``ru_maxrss`` of the reaped process: the kernel's high-water mark, nothing sampled).
+
+    .venv/bin/python benchmarks/scale.py [--clients 10 100 1000] [--rounds 3] [--uplink 'cluster(k=16)|zstd']
+
+Writes ``benchmarks/results/scale.json`` and ``scale.md`` and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def wait_for_port(port_file: Path, server: subprocess.Popen[bytes], timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with code {server.returncode} before listening")
+        text = port_file.read_text().strip() if port_file.exists() else ""
+        if text:
+            return int(text)
+        time.sleep(0.2)
+    raise SystemExit("the server did not listen within 120 s")
+
+
+def reap(server: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, int]:
+    """Wait for the server to exit; return its exit status and peak RSS in bytes (Linux reports KiB)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(server.pid, os.WNOHANG)
+        if pid:
+            server.returncode = os.waitstatus_to_exitcode(status)
+            return server.returncode, usage.ru_maxrss * 1024
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit("the server did not finish after the load generator did")
+
+
+def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """One fresh server and one load generator with ``clients`` clients; what both measured."""
+    port_file, out = folder / f"server-{clients}.port", folder / f"load-{clients}.json"
+    server_log = (folder / f"server-{clients}.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fedsqueeze", "server", "--insecure", "--listen", "127.0.0.1:0",
+         "--port-file", str(port_file), "--data", "fashion-mnist", "--model", args.model,
+         "--min-clients", str(clients), "--rounds", str(args.rounds), "--uplink", args.uplink,
+         "--linger", "10", "--log-level", "WARNING"], stdout=server_log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        port = wait_for_port(port_file, server)
+        load = subprocess.run([sys.executable, "-m", "fedsqueeze", "loadgen", "--server", f"127.0.0.1:{port}",
+                               "--clients", str(clients), "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        code, peak_rss = reap(server)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    result = json.loads(out.read_text())
+    result.update(loadgen_exit=load.returncode, server_exit=code, server_peak_rss=peak_rss)
+    return result
+
+
+def table(levels: list[dict[str, Any]], model: str, uplink: str) -> str:
+    base_rss = levels[0]["server_peak_rss"]
+    lines = [f"Model `{model}`, uplink `{uplink}`, {levels[0]['update_payload_bytes']:,} payload bytes per update.",
+             "",
+             "| clients | updates | errors | updates/s | submit p50 s | submit p99 s | server peak RSS MiB "
+             "| RSS vs first |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in levels:
+        lines.append(f"| {r['clients']:,} | {r['updates']:,} | {sum(r['errors'].values())} | "
+                     f"{r['updates_per_second']:.1f} | {r['submit_latency_p50']:.2f} | {r['submit_latency_p99']:.2f} | "
+                     f"{r['server_peak_rss'] / 2**20:.0f} | {r['server_peak_rss'] / base_rss:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--model", default="mlp(hidden=1024)", help="1,863,690 parameters on Fashion-MNIST")
+    parser.add_argument("--uplink", default="cluster(k=16)|zstd")
+    parser.add_argument("--name", default="scale", help="results/<name>.json and .md")
+    args = parser.parse_args()
+    levels = []
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-scale-") as tmp:
+        for clients in args.clients:
+            print(f"=== {clients} clients", flush=True)
+            levels.append(run_level(clients, args, Path(tmp)))
+            r = levels[-1]
+            print(f"{r['updates']} updates, errors {r['errors']}, {r['updates_per_second']:.1f} updates/s, "
+                  f"p50 {r['submit_latency_p50']:.2f} s, p99 {r['submit_latency_p99']:.2f} s, "
+                  f"server peak RSS {r['server_peak_rss'] / 2**20:.0f} MiB", flush=True)
+    text = table(levels, args.model, args.uplink)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
+        {"model": args.model, "uplink": args.uplink, "rounds": args.rounds, "cpus": os.cpu_count(),
+         "levels": levels}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    failed = [r["clients"] for r in levels if r["errors"] or r["server_exit"] or r["loadgen_exit"]]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
