@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from math import prod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from fedsqueeze.specs import parse_spec
-from fedsqueeze.v1 import federation_pb2 as pb
+
+if TYPE_CHECKING:   # the builders import no protobuf, so the Flower comparison's venv (protobuf < 7) can use them
+    from fedsqueeze.v1 import federation_pb2 as pb
 
 ModelBuilder = Callable[..., nn.Module]
 _MODELS: dict[str, ModelBuilder] = {}
@@ -97,4 +99,6 @@ def make_model_spec(model: str, input_shape: tuple[int, ...], num_classes: int) 
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
     config = {**params, "input_shape": list(input_shape), "num_classes": num_classes}
+    from fedsqueeze.v1 import federation_pb2 as pb
+
     return pb.ModelSpec(name=name, config_json=json.dumps(config, sort_keys=True))

@@ -1,0 +1,221 @@
+"""fedsqueeze against Flower (issue 8), measured alike from outside: bytes on the network, time, memory, accuracy.
+
+Every row runs the same task (model, initial weights, data partition, rounds, local epochs, seed) with each
+client process in its own network namespace (``netlab.py``): the bytes are the kernel's counters of the
+clients' links (headers and framing included), wall time per round is each server's own round clock (from
+handing out the round to the evaluated global model), the server's peak RSS is ``ru_maxrss`` of the reaped
+process. With ``--up-kbit/--down-kbit`` every link is rate-limited by tbf (slow edge links).
+
+Rows: Flower FedAvg (its own venv, ``benchmarks/flower/setup.sh``), fedsqueeze FedAvg, FedCompress, AE, REFT.
+Root only (network namespaces).
+
+    .venv/bin/python benchmarks/flower_compare.py --name flower_fmnist [--clients 10 --rounds 30 --epochs 2]
+        [--up-kbit 1000 --down-kbit 5000] [--rows flower,fedavg,...]
+
+Writes ``benchmarks/results/<name>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netlab import LinkLimits, NetLab, why_unavailable
+
+from fedsqueeze.config import ClientConfig, ServerConfig
+from fedsqueeze.simulate import config_flags
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+FLOWER_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
+FLOWER_APP = ROOT / "benchmarks" / "flower" / "fedavg.py"
+PORT = 50071
+CORRECTION = "correction=sparse(ratio=0.0005)|dense(dtype=float16)|zstd"
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    method: str              # fedsqueeze --method, or "flower"
+    epochs_factor: float = 1.0   # FedCompress trains 1 local + 1 clustered epoch for FedAvg's 2
+    budgets: tuple[float, ...] = (1.0,)
+
+
+ROWS = {
+    "flower": Row("Flower FedAvg", "flower"),
+    "fedavg": Row("fedsqueeze FedAvg", "fedavg"),
+    "fedcompress": Row("fedsqueeze FedCompress", "fedcompress(kd_epochs=2)", epochs_factor=0.5),
+    "ae": Row("fedsqueeze AE", f"ae({CORRECTION})"),
+    "reft": Row("fedsqueeze REFT", "reft", budgets=(1, 1, 1, 1, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1)),
+}
+
+
+def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait for ``process``; return its peak RSS in bytes (the kernel's high-water mark)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid:
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return usage.ru_maxrss * 1024
+        time.sleep(0.2)
+    raise TimeoutError(f"{shlex.join(map(str, process.args))} still running after {timeout:.0f} s")
+
+
+def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode} before listening")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout:.0f} s")
+
+
+def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tuple[list[str], list[list[str]]]:
+    """The server's command and each client's (inside its namespace) for one row."""
+    epochs = max(1, round(args.epochs * row.epochs_factor))
+    common = {"data": args.data, "seed": args.seed}
+    if row.method == "flower":
+        task = ["--data", args.data, "--model", args.model, "--seed", str(args.seed), "--epochs", str(epochs),
+                "--partition", args.partition, "--partitions", str(args.clients)]
+        server = [str(FLOWER_PYTHON), str(FLOWER_APP), "server", "--listen", f"0.0.0.0:{PORT}", "--clients",
+                  str(args.clients), "--rounds", str(args.rounds), "--out", str(out / "report.json"), *task]
+        clients = [[*lab.prefix_command(i), str(FLOWER_PYTHON), str(FLOWER_APP), "client", "--server",
+                    lab.server_address(i, PORT), "--client-id", f"client-{i}", "--index", str(i), *task]
+                   for i in range(args.clients)]
+        return server, clients
+    server_config = ServerConfig(listen=f"0.0.0.0:{PORT}", insecure=True, model=args.model, method=row.method,
+                                 rounds=args.rounds, min_clients=args.clients, epochs=epochs, out=str(out),
+                                 log_level="WARNING", **common)
+    server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
+    clients = []
+    for i in range(args.clients):
+        client_config = ClientConfig(server=lab.server_address(i, PORT), insecure=True, client_id=f"client-{i}",
+                                     partition=args.partition, num_partitions=args.clients, partition_index=i,
+                                     threads=1, compute_budget=row.budgets[i % len(row.budgets)],
+                                     log_level="WARNING", **common)
+        clients.append([*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze", "client",
+                        *config_flags(client_config)])
+    return server, clients
+
+
+def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path) -> dict[str, Any]:
+    out = folder / row.method.split("(")[0]
+    out.mkdir(parents=True, exist_ok=True)
+    with NetLab(args.clients, limits) as lab:
+        server_cmd, client_cmds = commands(row, args, lab, out)
+        processes = []
+        try:
+            server = subprocess.Popen(server_cmd, stdout=(out / "server.log").open("wb"),
+                                      stderr=subprocess.STDOUT, cwd=ROOT)
+            processes.append(server)
+            wait_listening(PORT, server)
+            before = lab.counters()
+            started = time.monotonic()
+            for i, command in enumerate(client_cmds):
+                processes.append(subprocess.Popen(command, stdout=(out / f"client-{i}.log").open("wb"),
+                                                  stderr=subprocess.STDOUT, cwd=ROOT))
+            peak_rss = reap(server, args.timeout)
+            wall = time.monotonic() - started
+            for client in processes[1:]:
+                client.wait(60)
+            up, down = (after - b for after, b in zip(lab.counters(), before, strict=True))
+        finally:
+            for p in processes:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    if server.returncode:
+        raise RuntimeError(f"{row.label}: the server exited with {server.returncode}; see {out / 'server.log'}")
+    report = json.loads((out / "report.json").read_text())
+    seconds = [r["seconds"] for r in report["rounds"]]
+    return {"label": row.label, "link": limits.describe(), "final_accuracy": report["final_accuracy"],
+            "accuracy": [r["accuracy"] for r in report["rounds"]], "round_seconds": seconds,
+            "seconds_per_round": sum(seconds) / len(seconds), "wall_seconds": wall,
+            "bytes_up": up, "bytes_down": down, "server_peak_rss": peak_rss}
+
+
+def seconds_to(row: dict[str, Any], target: float) -> float | None:
+    """Cumulative round seconds until accuracy first reached ``target``."""
+    total = 0.0
+    for accuracy, seconds in zip(row["accuracy"], row["round_seconds"], strict=True):
+        total += seconds
+        if accuracy >= target:
+            return total
+    return None
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    base = rows[0]
+    target = 0.95 * base["final_accuracy"]
+    lines = [f"Link: {base['link']}. Bytes: kernel counters of the clients' links. Target accuracy for "
+             f"'time to target': {target:.4f} (95% of {base['label']}'s final).", "",
+             "| row | final acc. | bytes up | bytes down | total vs first | s/round | vs first | time to target s "
+             "| server peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        reached = seconds_to(r, target)
+        lines.append(
+            f"| {r['label']} | {r['final_accuracy']:.4f} | {r['bytes_up']:,} | {r['bytes_down']:,} | "
+            f"{(base['bytes_up'] + base['bytes_down']) / (r['bytes_up'] + r['bytes_down']):.2f}x | "
+            f"{r['seconds_per_round']:.1f} | {base['seconds_per_round'] / r['seconds_per_round']:.2f}x | "
+            f"{'-' if reached is None else f'{reached:.0f}'} | {r['server_peak_rss'] / 2**20:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", default="flower_compare")
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
+    parser.add_argument("--data", default="fashion-mnist")
+    parser.add_argument("--model", default="cnn")
+    parser.add_argument("--partition", default="iid")
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--up-kbit", type=int, help="each client's uplink rate (tbf); unlimited if not given")
+    parser.add_argument("--down-kbit", type=int, help="each client's downlink rate (tbf)")
+    parser.add_argument("--timeout", type=float, default=7200, help="seconds one row may take")
+    args = parser.parse_args()
+    reason = why_unavailable()
+    if reason:
+        print(f"skipped: {reason}; this benchmark puts each client in its own network namespace", file=sys.stderr)
+        return 0
+    if "flower" in args.rows and not FLOWER_PYTHON.exists():
+        raise SystemExit("no Flower virtualenv: run bash benchmarks/flower/setup.sh first")
+    limits = LinkLimits(args.up_kbit, args.down_kbit)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fedsqueeze-flower-") as tmp:
+        for key in args.rows.split(","):
+            row = ROWS[key.strip()]
+            print(f"=== {row.label} ({limits.describe()})", flush=True)
+            results.append(run_row(row, args, limits, Path(tmp)))
+            r = results[-1]
+            print(f"final accuracy {r['final_accuracy']:.4f}, up {r['bytes_up']:,} B, down {r['bytes_down']:,} B, "
+                  f"{r['seconds_per_round']:.1f} s/round, server peak RSS {r['server_peak_rss'] / 2**20:.0f} MiB",
+                  flush=True)
+    text = table(results)
+    print(text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout")}
+    (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
