@@ -12,7 +12,7 @@ Root only (network namespaces).
     .venv/bin/python benchmarks/flower_compare.py --name flower_fmnist [--clients 10 --rounds 30 --epochs 2]
         [--up-kbit 1000 --down-kbit 5000] [--rows flower,fedavg,...]
 
-Writes ``benchmarks/results/<name>.json`` and ``.md``.
+Writes ``benchmarks/results/<name>.json``, ``.md`` and ``.png``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from typing import Any
 from netlab import LinkLimits, NetLab, why_unavailable
 
 from fedsqueeze.config import ClientConfig, ServerConfig
+from fedsqueeze.plotting import plot_systems
 from fedsqueeze.simulate import config_flags
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +215,8 @@ def main() -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
+    plot_systems(results, RESULTS / f"{args.name}.png", f"{args.clients} clients, {args.rounds} rounds, "
+                 f"{args.data}, {limits.describe()}")
     return 0
 
 

@@ -32,6 +32,10 @@ def why_unavailable() -> str | None:
     missing = [tool for tool in ("ip", "tc") if shutil.which(tool) is None]
     if missing:
         return f"{' and '.join(missing)} not found: install iproute2"
+    probe = subprocess.run(["ip", "netns", "add", "fsq-probe"], capture_output=True, text=True)
+    if probe.returncode:
+        return f"cannot create a network namespace here: {probe.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", "fsq-probe"], capture_output=True)
     return None
 
 

@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsqueeze.limits import DEFAULT_CHUNK_BYTES
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -63,7 +65,8 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
     try:
         port = wait_for_port(port_file, server)
         load = subprocess.run([sys.executable, "-m", "fedsqueeze", "loadgen", "--server", f"127.0.0.1:{port}",
-                               "--clients", str(clients), "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL)
+                               "--clients", str(clients), "--chunk-bytes", str(args.chunk_bytes), "--out", str(out)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL)
         code, peak_rss = reap(server)
     finally:
         if server.poll() is None:
@@ -73,9 +76,10 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
     return result
 
 
-def table(levels: list[dict[str, Any]], model: str, uplink: str) -> str:
+def table(levels: list[dict[str, Any]], args: argparse.Namespace) -> str:
     base_rss = levels[0]["server_peak_rss"]
-    lines = [f"Model `{model}`, uplink `{uplink}`, {levels[0]['update_payload_bytes']:,} payload bytes per update.",
+    lines = [f"Model `{args.model}`, uplink `{args.uplink}`, {levels[0]['update_payload_bytes']:,} payload bytes per "
+             f"update in chunks of {args.chunk_bytes:,} B, {args.rounds} rounds per level, {os.cpu_count()} CPUs.",
              "",
              "| clients | updates | errors | updates/s | submit p50 s | submit p99 s | server peak RSS MiB "
              "| RSS vs first |",
@@ -93,6 +97,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--model", default="mlp(hidden=1024)", help="1,863,690 parameters on Fashion-MNIST")
     parser.add_argument("--uplink", default="cluster(k=16)|zstd")
+    parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help="payload bytes per chunk")
     parser.add_argument("--name", default="scale", help="results/<name>.json and .md")
     args = parser.parse_args()
     levels = []
@@ -104,11 +109,12 @@ def main() -> int:
             print(f"{r['updates']} updates, errors {r['errors']}, {r['updates_per_second']:.1f} updates/s, "
                   f"p50 {r['submit_latency_p50']:.2f} s, p99 {r['submit_latency_p99']:.2f} s, "
                   f"server peak RSS {r['server_peak_rss'] / 2**20:.0f} MiB", flush=True)
-    text = table(levels, args.model, args.uplink)
+    text = table(levels, args)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(
-        {"model": args.model, "uplink": args.uplink, "rounds": args.rounds, "cpus": os.cpu_count(),
+        {"model": args.model, "uplink": args.uplink, "rounds": args.rounds, "chunk_bytes": args.chunk_bytes,
+         "cpus": os.cpu_count(),
          "levels": levels}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
     failed = [r["clients"] for r in levels if r["errors"] or r["server_exit"] or r["loadgen_exit"]]

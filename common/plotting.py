@@ -1,4 +1,4 @@
-"""Plots of run reports: accuracy against the bytes it cost."""
+"""Plots of run reports: accuracy against the bytes (and the time) it cost."""
 
 from __future__ import annotations
 
@@ -32,6 +32,31 @@ def plot_accuracy_vs_bytes(reports: Sequence[tuple[str, dict[str, Any]]], path: 
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_systems(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Side by side: total bytes on the network per row (log scale), and accuracy against elapsed round time."""
+    fig, (bytes_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+    labels = [r["label"] for r in rows]
+    totals = [(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in rows]
+    bytes_ax.barh(labels, totals)
+    bytes_ax.set_xscale("log")
+    bytes_ax.invert_yaxis()
+    bytes_ax.set_xlabel("bytes on the network, up + down (MB, log scale)")
+    for r in rows:
+        elapsed, total = [], 0.0
+        for seconds in r["round_seconds"]:
+            total += seconds
+            elapsed.append(total)
+        time_ax.plot(elapsed, r["accuracy"], marker="o", markersize=3, label=r["label"])
+    time_ax.set_xlabel("elapsed round time (s)")
+    time_ax.set_ylabel("test accuracy")
+    time_ax.grid(alpha=0.3)
+    time_ax.legend()
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

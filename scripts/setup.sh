@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 purpose=${1:-run}
 
 packages=(dataset-fashion-mnist)               # Fashion-MNIST IDX files, /usr/share/datasets/fashion-mnist
-[[ $purpose == test ]] && packages+=(docker-compose)   # validates docker-compose.yml without an engine
+[[ $purpose == test ]] && packages+=(docker-compose iproute2)   # compose: validates docker-compose.yml without an engine; iproute2: ip netns, tc (tests/test_netlab.py)
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
