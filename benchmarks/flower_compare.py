@@ -56,7 +56,7 @@ ROWS = {
     "flower": Row("Flower FedAvg", "flower"),
     "fedavg": Row("fedsqueeze FedAvg", "fedavg"),
     "fedcompress": Row("fedsqueeze FedCompress", "fedcompress(kd_epochs=2)", epochs_factor=0.5),
-    "ae": Row("fedsqueeze AE", f"ae({CORRECTION})"),
+    "ae": Row("fedsqueeze AE", f"ae(warmup=2,{CORRECTION})"),   # 2 warm-up rounds: short runs reach latents
     "reft": Row("fedsqueeze REFT", "reft", budgets=(1, 1, 1, 1, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1)),
 }
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Issue 8 in one command: fedsqueeze against Flower on the same task, on unlimited and on slow links, and the
+# server at 10 / 100 / 1,000 concurrent clients. Root only for the link runs (network namespaces).
+#   bash benchmarks/flower.sh [rounds] [slow-link rounds]
+# Tables and plots: benchmarks/results/flower_{fast,slow}.{md,json,png}, scale.{md,json}.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-10}
+slow_rounds=${2:-4}
+bash benchmarks/flower/setup.sh
+task=(--clients 10 --epochs 1 --data fashion-mnist --partition iid)
+.venv/bin/python benchmarks/flower_compare.py --name flower_fast --rounds "$rounds" "${task[@]}"
+.venv/bin/python benchmarks/flower_compare.py --name flower_slow --rounds "$slow_rounds" "${task[@]}" \
+  --up-kbit 1000 --down-kbit 5000
+.venv/bin/python benchmarks/scale.py
