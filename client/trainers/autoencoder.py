@@ -31,10 +31,10 @@ from fedsqueeze.autoencoder import (
 )
 from fedsqueeze.client.error_feedback import ErrorFeedback
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.client.trainers.local import train_epochs
+from fedsqueeze.client.trainers.local import local_delta
 from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
 from fedsqueeze.data.datasets import Dataset
-from fedsqueeze.tensors import TensorSpec, float_state, model_spec
+from fedsqueeze.tensors import TensorSpec, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 
 
@@ -74,12 +74,8 @@ class AutoencoderTrainer(Trainer):
     def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
             should_stop: Callable[[], bool]) -> TrainResult:
         config = json.loads(task.method_config_json)
-        start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
-        self.model.load_state_dict(start, strict=False)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
-        metrics = train_epochs(self.model, self.data, hyperparameters, generator, should_stop)
-        trained = float_state(self.model)
-        delta = {name: trained[name] - start[name] for name in start}
+        delta, metrics = local_delta(self.model, self.data, downloaded, hyperparameters, self.seed, task.round,
+                                     should_stop)
         flat = flatten(delta, model_spec(delta))
         coarse = get_pipeline(config["coarse"]) if config["coarse"] else None
         if self.history.maxlen != config["history"]:

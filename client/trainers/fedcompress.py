@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.client.trainers.local import train_epochs
+from fedsqueeze.client.trainers.local import round_generator, train_epochs
 from fedsqueeze.clustering import weight_sharing
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
@@ -41,7 +41,7 @@ class FedCompressTrainer(Trainer):
         config = json.loads(task.method_config_json)
         train, validation = self.split(float(config["val_fraction"]))
         self.model.load_state_dict({n: torch.from_numpy(v) for n, v in downloaded.items()}, strict=False)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
+        generator = round_generator(self.seed, task.round)
         metrics = train_epochs(self.model, train, hyperparameters, generator, should_stop) \
             if hyperparameters.epochs else {}
         with weight_sharing(self.model, int(config["k"]), seed=self.seed):

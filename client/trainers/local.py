@@ -50,6 +50,23 @@ def train_epochs(model: nn.Module, data: Dataset, hp: pb.Hyperparameters, genera
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
 
+def round_generator(seed: int, round_number: int) -> torch.Generator:
+    """The shuffling generator of one client in one round: reproducible, different per client and round."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + round_number)
+
+
+def local_delta(model: nn.Module, data: Dataset, downloaded: dict[str, np.ndarray], hp: pb.Hyperparameters,
+                seed: int, round_number: int, should_stop: Callable[[], bool]
+                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Load the downloaded global weights, train locally (shuffling seeded by client and round), and return
+    ``trained - global`` with the training metrics."""
+    start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
+    model.load_state_dict(start, strict=False)
+    metrics = train_epochs(model, data, hp, round_generator(seed, round_number), should_stop)
+    trained = float_state(model)
+    return {name: trained[name] - start[name] for name in start}, metrics
+
+
 class FedAvgTrainer(Trainer):
     """Load the global model, train locally, send ``trained - global``."""
 
@@ -57,10 +74,6 @@ class FedAvgTrainer(Trainer):
 
     def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
             should_stop: Callable[[], bool]) -> TrainResult:
-        start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
-        self.model.load_state_dict(start, strict=False)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
-        metrics = train_epochs(self.model, self.data, hyperparameters, generator, should_stop)
-        trained = float_state(self.model)
-        update = {name: trained[name] - start[name] for name in start}
+        update, metrics = local_delta(self.model, self.data, downloaded, hyperparameters, self.seed, task.round,
+                                      should_stop)
         return TrainResult(update, len(self.data), metrics)

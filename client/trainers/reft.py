@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.client.trainers.local import train_epochs
+from fedsqueeze.client.trainers.local import round_generator, train_epochs
 from fedsqueeze.pruning import keep_first, prune
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -43,7 +43,7 @@ class ReftTrainer(Trainer):
         sub = self.sub_model(task)
         start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
         sub.load_state_dict(start, strict=False)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + task.round)
+        generator = round_generator(self.seed, task.round)
         metrics = train_epochs(sub, self.data, hyperparameters, generator, should_stop)
         trained = float_state(sub)
         metrics["width"] = float(json.loads(task.method_config_json)["width"])
