@@ -50,13 +50,15 @@ class Row:
     method: str              # fedsqueeze --method, or "flower"
     epochs_factor: float = 1.0   # FedCompress trains 1 local + 1 clustered epoch for FedAvg's 2
     budgets: tuple[float, ...] = (1.0,)
+    downlink: str = "dense"      # the autoencoder codes updates only; its row stacks a clustered downlink
 
 
 ROWS = {
     "flower": Row("Flower FedAvg", "flower"),
     "fedavg": Row("fedsqueeze FedAvg", "fedavg"),
     "fedcompress": Row("fedsqueeze FedCompress", "fedcompress(kd_epochs=2)", epochs_factor=0.5),
-    "ae": Row("fedsqueeze AE", f"ae(warmup=2,{CORRECTION})"),   # 2 warm-up rounds: short runs reach latents
+    "ae": Row("fedsqueeze AE + clustered downlink", f"ae(warmup=2,{CORRECTION})",   # short runs reach latents
+              downlink="cluster(k=16)|zstd"),
     "reft": Row("fedsqueeze REFT", "reft", budgets=(1, 1, 1, 1, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1)),
 }
 
@@ -100,7 +102,7 @@ def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tupl
         return server, clients
     server_config = ServerConfig(listen=f"0.0.0.0:{PORT}", insecure=True, model=args.model, method=row.method,
                                  rounds=args.rounds, min_clients=args.clients, epochs=epochs, out=str(out),
-                                 log_level="WARNING", **common)
+                                 downlink=row.downlink, log_level="WARNING", **common)
     server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
     clients = []
     for i in range(args.clients):
