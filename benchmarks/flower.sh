@@ -5,11 +5,12 @@
 # Tables and plots: benchmarks/results/flower_{fast,slow}.{md,json,png}, scale.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-10}
-slow_rounds=${2:-4}
+rounds=${1:-5}
+slow_rounds=${2:-3}
 bash benchmarks/flower/setup.sh
 task=(--clients 10 --epochs 1 --data fashion-mnist --partition iid)
 .venv/bin/python benchmarks/flower_compare.py --name flower_fast --rounds "$rounds" "${task[@]}"
 .venv/bin/python benchmarks/flower_compare.py --name flower_slow --rounds "$slow_rounds" "${task[@]}" \
   --up-kbit 1000 --down-kbit 5000
 .venv/bin/python benchmarks/scale.py
+.venv/bin/python benchmarks/scale.py --clients 10 1000 --chunk-bytes 65536 --name scale_64k

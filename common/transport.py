@@ -8,9 +8,10 @@ full Chunk: anything larger is refused by gRPC itself (RESOURCE_EXHAUSTED).
 The server turns off HTTP/2 BDP probing, so each incoming stream keeps the
 64 KiB default flow-control window instead of growing it to megabytes: with a
 thousand clients uploading at once, what gRPC buffers for the streams waiting
-their turn stays small (benchmarks/scale.py measured 1.45 GiB peak RSS with
-probing, 0.94 GiB without, at 1,000 clients). The price: one upload moves at
-most 64 KiB per round trip, 10 Mbit/s at 50 ms, far above an edge uplink.
+their turn stays small (benchmarks/scale.py, 1,000 clients, 2 rounds, on a
+busy machine: 1.45 GiB peak server RSS with probing, 0.94 GiB without). The
+price: one upload moves at most 64 KiB per round trip, 10 Mbit/s at 50 ms,
+far above an edge uplink.
 """
 
 from __future__ import annotations
