@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -44,6 +45,11 @@ def plot_systems(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None
     totals = [(r["bytes_up"] + r["bytes_down"]) / 1e6 for r in rows]
     bytes_ax.barh(labels, totals)
     bytes_ax.set_xscale("log")
+    bytes_ax.set_xlim(left=1)
+    bytes_ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    for label, total in zip(labels, totals, strict=True):
+        bytes_ax.annotate(f"{total:,.1f} MB", (total, label), xytext=(3, 0), textcoords="offset points",
+                          va="center", fontsize=8)
     bytes_ax.invert_yaxis()
     bytes_ax.set_xlabel("bytes on the network, up + down (MB, log scale)")
     for r in rows:
