@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import socket
 import subprocess
 import sys
@@ -31,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from netlab import LinkLimits, NetLab, why_unavailable
+from scale import reap
 
 from fedsqueeze.config import ClientConfig, ServerConfig
 from fedsqueeze.plotting import plot_systems
@@ -61,18 +60,6 @@ ROWS = {
               downlink="cluster(k=16)|zstd"),
     "reft": Row("fedsqueeze REFT", "reft", budgets=(1, 1, 1, 1, 0.3, 0.3, 0.3, 0.1, 0.1, 0.1)),
 }
-
-
-def reap(process: subprocess.Popen[bytes], timeout: float) -> int:
-    """Wait for ``process``; return its peak RSS in bytes (the kernel's high-water mark)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-        if pid:
-            process.returncode = os.waitstatus_to_exitcode(status)
-            return usage.ru_maxrss * 1024
-        time.sleep(0.2)
-    raise TimeoutError(f"{shlex.join(map(str, process.args))} still running after {timeout:.0f} s")
 
 
 def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 120) -> None:
@@ -131,7 +118,7 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
             for i, command in enumerate(client_cmds):
                 processes.append(subprocess.Popen(command, stdout=(out / f"client-{i}.log").open("wb"),
                                                   stderr=subprocess.STDOUT, cwd=ROOT))
-            peak_rss = reap(server, args.timeout)
+            _, peak_rss = reap(server, args.timeout)
             wall = time.monotonic() - started
             for client in processes[1:]:
                 client.wait(60)

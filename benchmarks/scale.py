@@ -50,7 +50,7 @@ def reap(server: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, in
             return server.returncode, usage.ru_maxrss * 1024
         time.sleep(0.1)
     server.kill()
-    raise SystemExit("the server did not finish after the load generator did")
+    raise SystemExit(f"the server was still running after {timeout:.0f} s")
 
 
 def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
