@@ -122,7 +122,7 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
             wall = time.monotonic() - started
             for client in processes[1:]:
                 client.wait(60)
-            up, down = (after - b for after, b in zip(lab.counters(), before, strict=True))
+            traffic = lab.counters() - before
         finally:
             for p in processes:
                 if p.poll() is None:
@@ -135,7 +135,10 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
     return {"label": row.label, "link": limits.describe(), "final_accuracy": report["final_accuracy"],
             "accuracy": [r["accuracy"] for r in report["rounds"]], "round_seconds": seconds,
             "seconds_per_round": sum(seconds) / len(seconds), "wall_seconds": wall,
-            "bytes_up": up, "bytes_down": down, "server_peak_rss": peak_rss}
+            "bytes_up": traffic.bytes_up, "bytes_down": traffic.bytes_down,
+            "packets_up": traffic.packets_up, "packets_down": traffic.packets_down,
+            "retransmitted_up": traffic.retransmitted_up, "retransmitted_down": traffic.retransmitted_down,
+            "server_peak_rss": peak_rss}
 
 
 def seconds_to(row: dict[str, Any], target: float) -> float | None:
@@ -151,15 +154,17 @@ def seconds_to(row: dict[str, Any], target: float) -> float | None:
 def table(rows: list[dict[str, Any]]) -> str:
     base = rows[0]
     target = 0.95 * base["final_accuracy"]
-    lines = [f"Link: {base['link']}. Bytes: kernel counters of the clients' links. Target accuracy for "
-             f"'time to target': {target:.4f} (95% of {base['label']}'s final).", "",
-             "| row | final acc. | bytes up | bytes down | total vs first | s/round | vs first | time to target s "
-             "| server peak RSS MiB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Link: {base['link']}. Bytes: kernel counters of the clients' links (frames, headers on); resent: "
+             f"TCP segments retransmitted up / down, included in the bytes. Target accuracy for 'time to target': "
+             f"{target:.4f} (95% of {base['label']}'s final).", "",
+             "| row | final acc. | bytes up | bytes down | resent | total vs first | s/round | vs first "
+             "| time to target s | server peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         reached = seconds_to(r, target)
         lines.append(
             f"| {r['label']} | {r['final_accuracy']:.4f} | {r['bytes_up']:,} | {r['bytes_down']:,} | "
+            f"{r['retransmitted_up']} / {r['retransmitted_down']} | "
             f"{(base['bytes_up'] + base['bytes_down']) / (r['bytes_up'] + r['bytes_down']):.2f}x | "
             f"{r['seconds_per_round']:.1f} | {base['seconds_per_round'] / r['seconds_per_round']:.2f}x | "
             f"{'-' if reached is None else f'{reached:.0f}'} | {r['server_peak_rss'] / 2**20:.0f} |")

@@ -5,7 +5,12 @@ inside namespace ``<prefix>-<i>`` (``NetLab.prefix_command(i)``) and dials ``Net
 Every byte between a client and the server crosses that client's veth, so the host-side interface's
 kernel counters (``rx_bytes``: uplink, ``tx_bytes``: downlink) measure the traffic from outside either
 program: Ethernet, IP and TCP headers, TLS or HTTP/2 framing and retransmissions all included. The same
-measure applies to any FL system, ours or Flower.
+measure applies to any FL system, ours or Flower. Both ends of each link have ``gso_max_segs 1``, so TCP hands
+the link one MSS-sized frame at a time, each with its own headers, as a physical Ethernet link carries them
+(with the default segmentation offload a veth counts one set of headers per 64 KB super-frame, which would
+make the count depend on how each program batches its writes). Retransmitted TCP segments are counted too:
+on a machine whose cores the clients' training saturates, ACKs can lag the microsecond round trip of a veth
+by milliseconds and TCP's tail-loss probes resend data that was not lost; those bytes did cross the link.
 
 Optional slow links: a token-bucket filter (``tc qdisc ... tbf``) on the client side's egress limits its
 uplink, one on the host side's egress its downlink (netem is not available here; tbf shapes rate only).
@@ -19,7 +24,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 MAX_CLIENTS = 250
@@ -37,6 +42,13 @@ def why_unavailable() -> str | None:
         return f"cannot create a network namespace here: {probe.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", "fsq-probe"], capture_output=True)
     return None
+
+
+def _retransmitted_segments(prefix: list[str]) -> int:
+    """TcpRetransSegs of the namespace a command ``prefix`` runs in (/proc/net/snmp is per namespace)."""
+    snmp = subprocess.run([*prefix, "cat", "/proc/net/snmp"], capture_output=True, text=True, check=True).stdout
+    names, values = (line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:"))
+    return int(values[names.index("RetransSegs")])
 
 
 def _run(*args: str) -> None:
@@ -58,6 +70,21 @@ class LinkLimits:
         up = f"{self.up_kbit / 1000:g} Mbit/s up" if self.up_kbit else "unlimited up"
         down = f"{self.down_kbit / 1000:g} Mbit/s down" if self.down_kbit else "unlimited down"
         return f"{up}, {down}"
+
+
+@dataclass(frozen=True)
+class LinkCounters:
+    """Frames and their bytes (Ethernet header on) over the client links, each way."""
+
+    bytes_up: int
+    bytes_down: int
+    packets_up: int
+    packets_down: int
+    retransmitted_up: int     # TCP segments the clients sent again (their namespaces' TcpRetransSegs)
+    retransmitted_down: int   # the host namespace's TcpRetransSegs: the server's, if nothing else runs
+
+    def __sub__(self, before: LinkCounters) -> LinkCounters:
+        return LinkCounters(*(getattr(self, f.name) - getattr(before, f.name) for f in fields(self)))
 
 
 class NetLab:
@@ -105,7 +132,7 @@ class NetLab:
     def _add(self, i: int) -> None:
         ns, host, peer = self.namespace(i), self.host_interface(i), f"{self.prefix}c{i}"
         _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", host, "type", "veth", "peer", "name", peer)
+        _run("ip", "link", "add", host, "gso_max_segs", "1", "type", "veth", "peer", "name", peer, "gso_max_segs", "1")
         _run("ip", "link", "set", peer, "netns", ns)
         _run("ip", "addr", "add", f"{self.host_ip(i)}/30", "dev", host)
         _run("ip", "link", "set", host, "up")
@@ -132,11 +159,13 @@ class NetLab:
             if Path(f"/sys/class/net/{self.host_interface(i)}").exists():
                 subprocess.run(["ip", "link", "del", self.host_interface(i)], capture_output=True)
 
-    def counters(self) -> tuple[int, int]:
-        """Bytes so far over every client link: (up, down) as the host side sees them."""
-        up = down = 0
+    def counters(self) -> LinkCounters:
+        """Traffic so far over every client link, as the host side sees it (rx: uplink, tx: downlink)."""
+        totals = dict.fromkeys(("rx_bytes", "tx_bytes", "rx_packets", "tx_packets"), 0)
         for i in range(self.clients):
             stats = Path(f"/sys/class/net/{self.host_interface(i)}/statistics")
-            up += int((stats / "rx_bytes").read_text())
-            down += int((stats / "tx_bytes").read_text())
-        return up, down
+            for name in totals:
+                totals[name] += int((stats / name).read_text())
+        retransmitted_up = sum(_retransmitted_segments(self.prefix_command(i)) for i in range(self.clients))
+        return LinkCounters(totals["rx_bytes"], totals["tx_bytes"], totals["rx_packets"], totals["tx_packets"],
+                            retransmitted_up, _retransmitted_segments([]))
