@@ -5,7 +5,7 @@
 # Tables and plots: benchmarks/results/flower_{fast,slow}.{md,json,png}, scale.{md,json}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-5}
+rounds=${1:-10}
 slow_rounds=${2:-3}
 bash benchmarks/flower/setup.sh
 task=(--clients 10 --epochs 1 --data fashion-mnist --partition iid)

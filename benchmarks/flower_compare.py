@@ -118,7 +118,7 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
             for i, command in enumerate(client_cmds):
                 processes.append(subprocess.Popen(command, stdout=(out / f"client-{i}.log").open("wb"),
                                                   stderr=subprocess.STDOUT, cwd=ROOT))
-            _, peak_rss = reap(server, args.timeout)
+            peak_rss = reap(server, args.timeout).peak_rss
             wall = time.monotonic() - started
             for client in processes[1:]:
                 client.wait(60)

@@ -3,7 +3,8 @@
 For each client count, a fresh ``fedsqueeze server`` process (a >= 1 M-parameter model, Fashion-MNIST for
 its evaluation) and ``fedsqueeze loadgen`` (pre-made updates, no training, one connection per client) run
 a few rounds. Reported: updates ingested per second, submit latency p50/p99, errors, and the server's peak
-RSS (``ru_maxrss`` of the reaped process: the kernel's high-water mark, nothing sampled).
+RSS (``ru_maxrss`` of the reaped process: the kernel's high-water mark, nothing sampled), and the CPU time
+the server and the load generator each spent per update (they share this machine's cores).
 
     .venv/bin/python benchmarks/scale.py [--clients 10 100 1000] [--rounds 3] [--uplink 'cluster(k=16)|zstd']
 
@@ -20,7 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from fedsqueeze.limits import DEFAULT_CHUNK_BYTES
 
@@ -40,17 +41,25 @@ def wait_for_port(port_file: Path, server: subprocess.Popen[bytes], timeout: flo
     raise SystemExit("the server did not listen within 120 s")
 
 
-def reap(server: subprocess.Popen[bytes], timeout: float = 120) -> tuple[int, int]:
-    """Wait for the server to exit; return its exit status and peak RSS in bytes (Linux reports KiB)."""
+class Reaped(NamedTuple):
+    """What the kernel kept of a finished process."""
+
+    returncode: int
+    peak_rss: int          # bytes (Linux reports ru_maxrss in KiB)
+    cpu_seconds: float     # user + system
+
+
+def reap(process: subprocess.Popen[bytes], timeout: float = 120) -> Reaped:
+    """Wait for ``process`` to exit; its exit status, peak RSS and CPU time from its rusage."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid, status, usage = os.wait4(server.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
         if pid:
-            server.returncode = os.waitstatus_to_exitcode(status)
-            return server.returncode, usage.ru_maxrss * 1024
+            process.returncode = os.waitstatus_to_exitcode(status)
+            return Reaped(process.returncode, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime)
         time.sleep(0.1)
-    server.kill()
-    raise SystemExit(f"the server was still running after {timeout:.0f} s")
+    process.kill()
+    raise SystemExit(f"{process.args[0]} was still running after {timeout:.0f} s")
 
 
 def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
@@ -64,15 +73,18 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
          "--linger", "10", "--log-level", "WARNING"], stdout=server_log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         port = wait_for_port(port_file, server)
-        load = subprocess.run([sys.executable, "-m", "fedsqueeze", "loadgen", "--server", f"127.0.0.1:{port}",
-                               "--clients", str(clients), "--chunk-bytes", str(args.chunk_bytes), "--out", str(out)],
-                              cwd=ROOT, stdout=subprocess.DEVNULL)
-        code, peak_rss = reap(server)
+        loadgen = subprocess.Popen([sys.executable, "-m", "fedsqueeze", "loadgen", "--server", f"127.0.0.1:{port}",
+                                    "--clients", str(clients), "--chunk-bytes", str(args.chunk_bytes),
+                                    "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL)
+        load = reap(loadgen, timeout=3600)
+        served = reap(server)
     finally:
-        if server.poll() is None:
-            server.kill()
+        for process in (server, loadgen):
+            if process.poll() is None:
+                process.kill()
     result = json.loads(out.read_text())
-    result.update(loadgen_exit=load.returncode, server_exit=code, server_peak_rss=peak_rss)
+    result.update(loadgen_exit=load.returncode, server_exit=served.returncode, server_peak_rss=served.peak_rss,
+                  server_cpu_seconds=served.cpu_seconds, loadgen_cpu_seconds=load.cpu_seconds)
     return result
 
 
@@ -82,12 +94,14 @@ def table(levels: list[dict[str, Any]], args: argparse.Namespace) -> str:
              f"update in chunks of {args.chunk_bytes:,} B, {args.rounds} rounds per level, {os.cpu_count()} CPUs.",
              "",
              "| clients | updates | errors | updates/s | submit p50 s | submit p99 s | server peak RSS MiB "
-             "| RSS vs first |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| RSS vs first | server CPU ms / update | load generator CPU ms / update |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in levels:
         lines.append(f"| {r['clients']:,} | {r['updates']:,} | {sum(r['errors'].values())} | "
                      f"{r['updates_per_second']:.1f} | {r['submit_latency_p50']:.2f} | {r['submit_latency_p99']:.2f} | "
-                     f"{r['server_peak_rss'] / 2**20:.0f} | {r['server_peak_rss'] / base_rss:.2f}x |")
+                     f"{r['server_peak_rss'] / 2**20:.0f} | {r['server_peak_rss'] / base_rss:.2f}x | "
+                     f"{1000 * r['server_cpu_seconds'] / r['updates']:.1f} | "
+                     f"{1000 * r['loadgen_cpu_seconds'] / r['updates']:.1f} |")
     return "\n".join(lines) + "\n"
 
 
