@@ -29,7 +29,6 @@ def test_loadgen_clients_all_commit_every_round(cluster: Cluster) -> None:
 
 
 def test_loadgen_refuses_bad_settings(cluster: Cluster) -> None:
-    proc = cluster.fedsqueeze("loadgen", "loadgen", "--server", "127.0.0.1:9", "--clients", "0")
+    cluster.fedsqueeze("loadgen", "loadgen", "--server", "127.0.0.1:9", "--clients", "0")
     assert cluster.wait("loadgen", 30) == 2
     assert "--clients must be at least 1" in cluster.log("loadgen")
-    assert proc.returncode == 2
