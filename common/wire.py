@@ -100,8 +100,9 @@ class StreamReceiver:
     """Rebuilds a tensor stream chunk by chunk, strictly, against the expected tensors.
 
     ``feed`` returns each tensor as soon as its payload is complete (decode it
-    then, so at most one encoded tensor is buffered); ``finish`` checks the
-    stream ended with a valid trailer.
+    then, or keep it until the digest is verified, as the server does: it then
+    spends no decoding on a stream that turns out corrupted); ``finish`` checks
+    the stream ended with a valid trailer.
     """
 
     def __init__(self, expected: Mapping[str, ExpectedTensor], max_chunk_bytes: int = MAX_CHUNK_BYTES) -> None:
@@ -111,7 +112,8 @@ class StreamReceiver:
         self._seen: set[str] = set()
         self._current: ExpectedTensor | None = None
         self._declared = 0
-        self._buffer = bytearray()
+        self._pieces: list[bytes] = []   # the current tensor's chunk data, joined once when complete
+        self._buffered = 0
         self.payload_size = 0
         self.complete = False   # True once a valid trailer arrived
 
@@ -119,22 +121,24 @@ class StreamReceiver:
         """Take one chunk; return the tensor it completes, if any."""
         if self.complete:
             raise PayloadError("data after the stream's trailer")
-        if not (chunk.HasField("tensor") or chunk.data or chunk.HasField("trailer")):
+        data = chunk.data   # read once: each read of a protobuf bytes field is a fresh copy
+        if not (chunk.HasField("tensor") or data or chunk.HasField("trailer")):
             raise PayloadError("empty chunk")
         done = None
         if chunk.HasField("tensor"):
             self._begin(chunk.tensor)
             done = self._take_if_complete()
-        if chunk.data:
+        if data:
             if self._current is None:
                 raise PayloadError("chunk data outside any tensor")
             name = self._current.spec.name
-            if len(chunk.data) > self._max_chunk:
-                raise PayloadError(f"chunk of {len(chunk.data)} bytes exceeds the {self._max_chunk}-byte limit", name)
-            if len(self._buffer) + len(chunk.data) > self._declared:
+            if len(data) > self._max_chunk:
+                raise PayloadError(f"chunk of {len(data)} bytes exceeds the {self._max_chunk}-byte limit", name)
+            if self._buffered + len(data) > self._declared:
                 raise PayloadError(f"payload longer than its declared {self._declared} bytes", name)
-            self._buffer += chunk.data
-            self._digest.update(chunk.data)
+            self._pieces.append(data)
+            self._buffered += len(data)
+            self._digest.update(data)
             done = self._take_if_complete()
         if chunk.HasField("trailer"):
             self._end(chunk.trailer)
@@ -148,7 +152,7 @@ class StreamReceiver:
 
     def _begin(self, header: pb.TensorHeader) -> None:
         if self._current is not None:
-            raise PayloadError(f"payload truncated at {len(self._buffer)} of {self._declared} bytes "
+            raise PayloadError(f"payload truncated at {self._buffered} of {self._declared} bytes "
                                "before the next tensor", self._current.spec.name)
         exp = self._expected.get(header.name)
         if exp is None:
@@ -170,20 +174,21 @@ class StreamReceiver:
         self._seen.add(header.name)
         self._current = exp
         self._declared = header.payload_size
-        self._buffer = bytearray()
+        self._pieces, self._buffered = [], 0
         self._digest.update(_digest_line(spec, header.codec, header.payload_size))
 
     def _take_if_complete(self) -> EncodedTensor | None:
-        if self._current is None or len(self._buffer) < self._declared:
+        if self._current is None or self._buffered < self._declared:
             return None
-        done = EncodedTensor(self._current.spec, self._current.codec.spec, bytes(self._buffer))
-        self.payload_size += len(done.payload)
-        self._current, self._buffer = None, bytearray()
+        payload = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        done = EncodedTensor(self._current.spec, self._current.codec.spec, payload)
+        self.payload_size += len(payload)
+        self._current, self._pieces, self._buffered = None, [], 0
         return done
 
     def _end(self, trailer: pb.Trailer) -> None:
         if self._current is not None:
-            raise PayloadError(f"payload truncated at {len(self._buffer)} of {self._declared} bytes "
+            raise PayloadError(f"payload truncated at {self._buffered} of {self._declared} bytes "
                                "before the trailer", self._current.spec.name)
         missing = sorted(set(self._expected) - self._seen)
         if missing:
