@@ -82,13 +82,18 @@ class LoadResult:
 
 
 class PremadeUpdates:
-    """One encoded random delta per uplink codec plan, made on first use and shared by all clients."""
+    """One encoded random delta per uplink codec plan, made on first use and shared by all clients.
+
+    Its chunks are kept as serialised UpdateMessages: every client sends the same bytes, so they are
+    serialised once, not once per client (the server receives exactly what a real client would send).
+    """
 
     def __init__(self, seed: int, chunk_bytes: int) -> None:
         self._seed = seed
         self._chunk_bytes = chunk_bytes
         self._delta: dict[str, np.ndarray] | None = None
-        self._encoded: dict[str, asyncio.Task[list[pb.Chunk]]] = {}
+        self._encoded: dict[str, asyncio.Task[list[bytes]]] = {}
+        self._payload_bytes: dict[str, int] = {}
 
     def set_model(self, spec: pb.ModelSpec) -> None:
         if self._delta is None:
@@ -96,19 +101,20 @@ class PremadeUpdates:
             self._delta = {name: (UPDATE_SCALE * rng.standard_normal(t.shape)).astype(np.float32)
                            for name, t in float_state(build_model(spec)).items()}
 
-    async def chunks(self, codec: str) -> list[pb.Chunk]:
+    async def messages(self, codec: str) -> list[bytes]:
+        """The serialised UpdateMessages that carry the update's chunks for ``codec``."""
         if codec not in self._encoded:
             self._encoded[codec] = asyncio.create_task(asyncio.to_thread(self._encode, codec))
         return await self._encoded[codec]
 
     def payload_bytes(self) -> int:
-        done = [t.result() for t in self._encoded.values() if t.done() and not t.exception()]
-        return max((sum(len(c.data) for c in chunks) for chunks in done), default=0)
+        return max(self._payload_bytes.values(), default=0)
 
-    def _encode(self, codec: str) -> list[pb.Chunk]:
+    def _encode(self, codec: str) -> list[bytes]:
         assert self._delta is not None, "set_model comes first"
         encoded = encode_model(self._delta, expect_all(model_spec(self._delta), codec))
-        return list(encoded.chunks(self._chunk_bytes))
+        self._payload_bytes[codec] = encoded.payload_size
+        return [pb.UpdateMessage(chunk=chunk).SerializeToString() for chunk in encoded.chunks(self._chunk_bytes)]
 
 
 class LoadClient:
@@ -120,6 +126,10 @@ class LoadClient:
         options = [*client_options(), ("grpc.use_local_subchannel_pool", 1)]
         self._channel = grpc.aio.insecure_channel(target, options=options)
         self._stub = pb_grpc.FederationStub(self._channel)
+        # SubmitUpdate without a request serialiser: the messages are serialised already (PremadeUpdates)
+        self._submit_update = self._channel.stream_unary(
+            "/fedsqueeze.v1.Federation/SubmitUpdate", request_serializer=None,
+            response_deserializer=pb.SubmitReply.FromString)
         self._id = client_id
         self._updates = updates
         self._result = result
@@ -173,19 +183,19 @@ class LoadClient:
         return None
 
     async def _submit(self, session: str, task: pb.TrainTask) -> None:
-        chunks = await self._updates.chunks(task.uplink_codec)
+        chunks = await self._updates.messages(task.uplink_codec)
         record = self._rounds.setdefault(task.round, RoundLoad())
         record.first_task = min(record.first_task, time.monotonic())
 
-        async def messages() -> AsyncIterator[pb.UpdateMessage]:
+        async def messages() -> AsyncIterator[bytes]:
             yield pb.UpdateMessage(header=pb.UpdateHeader(session_id=session, task_id=task.task_id,
-                                                          round=task.round, num_examples=100))
+                                                          round=task.round, num_examples=100)).SerializeToString()
             for chunk in chunks:
-                yield pb.UpdateMessage(chunk=chunk)
+                yield chunk
 
         started = time.monotonic()
         try:
-            await self._stub.SubmitUpdate(messages(), timeout=CALL_TIMEOUT)
+            await self._submit_update(messages(), timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError as exc:
             self._result.count_error("SubmitUpdate", exc)
             return
