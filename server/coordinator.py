@@ -1,8 +1,10 @@
 """The round loop and every decision about who does what, when.
 
 The coordinator lives on the server's asyncio event loop: its state changes
-only there, so it needs no locks. Heavy work (encoding the downlink,
-aggregation, evaluation) runs in worker threads while no round is open.
+only there, so it needs no locks. Heavy work runs in worker threads: encoding
+the downlink and evaluation while no round is open, the norm check of each
+update as it commits, and, on one folding thread in commit order, adding each
+update to the round's sum and then the round's aggregation.
 
 A round: wait for ``min_clients`` -> select -> ask the strategy for plans ->
 encode the download once per profile -> hand out train tasks through long-polls
@@ -23,6 +25,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -41,7 +44,7 @@ from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.wire import EncodedModel, ExpectedTensor, encode_model
+from fedsqueeze.wire import EncodedModel, EncodedTensor, ExpectedTensor, decode_tensor, encode_model
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,9 @@ class Coordinator:
         self.metrics.clients.set_function(lambda: len(self.clients.available()))
         self._first_round = 1
         self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
+        # The one thread that folds updates into a round's sum and aggregates it, off the event loop. Jobs run
+        # in submission order, so a round's aggregation runs after every fold committed before the round closed.
+        self._folding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
 
     def resume(self) -> int:
         """Load the state directory's checkpoint, if any; return the last committed round (0 for none)."""
@@ -216,8 +222,8 @@ class Coordinator:
 
     async def _finish_round(self, rnd: OpenRound) -> None:
         client_metrics = {k: v / rnd.metric_weight for k, v in sorted(rnd.metric_sums.items())}
-        strategy_metrics = await asyncio.to_thread(self.strategy.aggregate, rnd.number, rnd.accumulator,
-                                                   client_metrics)
+        strategy_metrics = await asyncio.get_running_loop().run_in_executor(
+            self._folding, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
         accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
         traffic = self.meter.snapshot()
         spent = traffic - self._traffic_at_last_close
@@ -345,16 +351,22 @@ class Coordinator:
         assignment.status = "uploading"
         return Upload(rnd, assignment, client, header)
 
-    def commit(self, upload: Upload, tensors: dict[str, np.ndarray], sizes: dict[str, int]) -> pb.SubmitReply:
-        """Fold a complete, verified update into its round, if that round is still open."""
-        rnd, assignment = upload.round, upload.assignment
+    async def commit(self, upload: Upload, encoded: list[EncodedTensor]) -> pb.SubmitReply:
+        """Decode a complete, verified update and fold it into its round, if that round is still open.
+
+        Decoding and the norm bound run in one worker-thread job; the update then counts at once (nothing
+        awaited between the round check and the bookkeeping), and the reply waits until the folding
+        thread has added it to the round's sum.
+        """
+        rnd, assignment, header = upload.round, upload.assignment, upload.header
+        tensors = await asyncio.to_thread(self._decode_bounded, assignment, encoded)
         if rnd is not self.current or not rnd.is_open:
             raise RoundStateError(f"round {rnd.number} closed while the update was in flight")
-        header = upload.header
-        tensors = self._bounded(assignment.plan, tensors)
+        sizes = {t.spec.name: len(t.payload) for t in encoded}
         update = ClientUpdate(upload.client.client_id, assignment.plan, tensors, header.num_examples,
                               dict(header.metrics), sizes)
-        self.strategy.accumulate(rnd.accumulator, update)
+        folded = asyncio.get_running_loop().run_in_executor(self._folding, self.strategy.accumulate,
+                                                            rnd.accumulator, update)
         assignment.status = "committed"
         upload.client.updates_committed += 1
         rnd.committed += 1
@@ -368,7 +380,13 @@ class Coordinator:
                  update.client_id, update.num_examples)
         self._close_if_settled(rnd)
         self._notify()
+        await folded
         return pb.SubmitReply(round=rnd.number)
+
+    def _decode_bounded(self, assignment: Assignment, encoded: list[EncodedTensor]) -> dict[str, np.ndarray]:
+        """The update's tensors, decoded (non-finite values refused) and norm-bounded; reads no mutable state."""
+        tensors = {t.spec.name: decode_tensor(t, assignment.expected[t.spec.name]) for t in encoded}
+        return self._bounded(assignment.plan, tensors)
 
     def _bounded(self, plan: ClientPlan, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A delta within ``--max-update-norm``: refused (PayloadError) or scaled down, as configured."""

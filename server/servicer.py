@@ -35,7 +35,7 @@ from fedsqueeze.server.coordinator import Coordinator, Upload
 from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import StreamReceiver, decode_tensor
+from fedsqueeze.wire import StreamReceiver
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +140,9 @@ class FederationServicer(pb_grpc.FederationServicer):
             upload.release()
 
     async def _receive(self, upload: Upload, messages: AsyncIterator[pb.UpdateMessage]) -> pb.SubmitReply:
-        """Read an update's tensor stream, decode each tensor as it completes, and commit the whole."""
+        """Read an update's tensor stream and, once its digest is verified, hand it to the coordinator."""
         receiver = StreamReceiver(upload.expected)
-        tensors, sizes = {}, {}
+        encoded = []
         async for message in messages:
             if not upload.round.is_open:
                 raise RoundStateError(f"round {upload.round.number} closed during the upload")
@@ -150,11 +150,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 raise PayloadError("UpdateHeader sent twice")
             done = receiver.feed(message.chunk)
             if done is not None:
-                name = done.spec.name
-                tensors[name] = await asyncio.to_thread(decode_tensor, done, upload.expected[name])
-                sizes[name] = len(done.payload)
+                encoded.append(done)
         receiver.finish()
-        reply = self._coordinator.commit(upload, tensors, sizes)
+        reply = await self._coordinator.commit(upload, encoded)
         reply.payload_bytes = receiver.payload_size
         return reply
 

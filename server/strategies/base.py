@@ -117,7 +117,10 @@ class Strategy(ABC):
         return WeightedSum()
 
     def accumulate(self, accumulator: WeightedSum, update: ClientUpdate) -> None:
-        """Fold one update into the round's running sum (default: weighted by examples)."""
+        """Fold one update into the round's running sum (default: weighted by examples).
+
+        Runs on the coordinator's folding thread, one update at a time in commit order, before the round's
+        ``aggregate`` (which runs on the same thread)."""
         accumulator.add(update.tensors, update.num_examples)
 
     @abstractmethod
@@ -126,5 +129,5 @@ class Strategy(ABC):
         """Turn the round's sum into the new ``self.model``; return strategy metrics.
 
         ``client_metrics`` are the committed updates' metrics, averaged weighted
-        by examples. Runs in a worker thread while no round is open.
+        by examples. Runs on the folding thread, after the round's folds, while no round is open.
         """
