@@ -11,11 +11,11 @@ import torch
 
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.strategies import ClientUpdate, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
-from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import encode_model
 
