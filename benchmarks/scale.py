@@ -70,6 +70,7 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
         [sys.executable, "-m", "fedsqueeze", "server", "--insecure", "--listen", "127.0.0.1:0",
          "--port-file", str(port_file), "--data", "fashion-mnist", "--model", args.model,
          "--min-clients", str(clients), "--rounds", str(args.rounds), "--uplink", args.uplink,
+         "--chunk-bytes", str(args.chunk_bytes),
          "--linger", "10", "--log-level", "WARNING"], stdout=server_log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         port = wait_for_port(port_file, server)

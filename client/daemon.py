@@ -32,7 +32,7 @@ from fedsqueeze.tensors import model_spec
 from fedsqueeze.transport import open_channel
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import EncodedModel, decode_tensor, encode_model, expect_all, receive_model
+from fedsqueeze.wire import EncodedModel, accepted_chunk_bytes, decode_tensor, encode_model, expect_all, receive_model
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class ClientDaemon:
         self._stop = threading.Event()
         self._inflight: grpc.Future | None = None
         self._session: str | None = None
+        self._chunk_bytes = config.chunk_bytes   # lowered to what the server accepts when it joins
         self._model_spec: pb.ModelSpec | None = None
         self._trainers: dict[str, Trainer] = {}
         self._feedback = ErrorFeedback()
@@ -134,6 +135,7 @@ class ClientDaemon:
                 raise FatalError(f"the server refused to let {self.client_id} join: {exc.details()}") from None
             raise
         self._session = reply.session_id
+        self._chunk_bytes = accepted_chunk_bytes(self.config.chunk_bytes, reply)
         if reply.model != self._model_spec:
             self._set_model(reply.model)
         log.info("joined %s as %s", self.config.server, self.client_id)
@@ -208,7 +210,7 @@ class ClientDaemon:
                          metrics: dict[str, float]) -> Iterator[pb.UpdateMessage]:
         yield pb.UpdateMessage(header=pb.UpdateHeader(session_id=self._session, task_id=task.task_id,
                                                       round=task.round, num_examples=num_examples, metrics=metrics))
-        for chunk in update.chunks(self.config.chunk_bytes):
+        for chunk in update.chunks(self._chunk_bytes):
             yield pb.UpdateMessage(chunk=chunk)
 
     def _submit(self, task: pb.TrainTask, update: EncodedModel, num_examples: int, metrics: dict[str, float]) -> None:

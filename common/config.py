@@ -68,7 +68,8 @@ class ServerConfig:
     poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
     client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")
     linger: float = option(10.0, "seconds to keep telling clients the federation finished before exiting")
-    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk, sent and accepted: "
+                              f"clients learn it when they join and send no larger ones (<= {MAX_CHUNK_BYTES})")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = option("text", "text, or json for one JSON object per line")
 
@@ -93,7 +94,8 @@ class ClientConfig:
     uplink: str | None = option(None, "codec plan this device asks for its updates (e.g. on a slow link)")
     downlink: str | None = option(None, "codec plan this device asks for its downloads")
     max_backoff: float = option(30.0, "longest wait between reconnection attempts, seconds")
-    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per uploaded chunk, at most what the server "
+                              f"accepts (<= {MAX_CHUNK_BYTES})")
     log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = option("text", "text, or json for one JSON object per line")
 
@@ -119,7 +121,8 @@ class LoadConfig:
     clients: int = option(100, "simulated clients, each with its own connection")
     id_prefix: str = option("load", "client ids are <prefix>-00000, <prefix>-00001, ...")
     seed: int = option(0, "seed of the pre-made update")
-    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk (<= {MAX_CHUNK_BYTES})")
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per uploaded chunk, at most what the server "
+                              f"accepts (<= {MAX_CHUNK_BYTES})")
     out: str | None = option(None, "write the result as JSON to this file")
     log_level: str = option("WARNING", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = option("text", "text, or json for one JSON object per line")

@@ -36,7 +36,7 @@ from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.transport import client_options
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import encode_model, expect_all
+from fedsqueeze.wire import accepted_chunk_bytes, encode_model, expect_all
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,10 @@ class PremadeUpdates:
         self._encoded: dict[str, asyncio.Task[list[bytes]]] = {}
         self._payload_bytes: dict[str, int] = {}
 
-    def set_model(self, spec: pb.ModelSpec) -> None:
+    def set_server(self, reply: pb.JoinReply) -> None:
+        """Shape the update after the model a server's JoinReply names, in chunks that server accepts."""
+        self._chunk_bytes = accepted_chunk_bytes(self._chunk_bytes, reply)
+        spec = reply.model
         if self._delta is None:
             rng = np.random.default_rng(self._seed)
             self._delta = {name: (UPDATE_SCALE * rng.standard_normal(t.shape)).astype(np.float32)
@@ -111,7 +114,7 @@ class PremadeUpdates:
         return max(self._payload_bytes.values(), default=0)
 
     def _encode(self, codec: str) -> list[bytes]:
-        assert self._delta is not None, "set_model comes first"
+        assert self._delta is not None, "set_server comes first"
         encoded = encode_model(self._delta, expect_all(model_spec(self._delta), codec))
         self._payload_bytes[codec] = encoded.payload_size
         return [pb.UpdateMessage(chunk=chunk).SerializeToString() for chunk in encoded.chunks(self._chunk_bytes)]
@@ -177,7 +180,7 @@ class LoadClient:
                     return None
                 await asyncio.sleep(0.5)
                 continue
-            self._updates.set_model(reply.model)
+            self._updates.set_server(reply)
             self._result.joined += 1
             return reply.session_id
         return None

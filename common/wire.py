@@ -81,6 +81,11 @@ class EncodedModel:
                                           sha256=self.sha256))
 
 
+def accepted_chunk_bytes(wanted: int, reply: pb.JoinReply) -> int:
+    """The chunk size to send: ``wanted``, or less if the server that replied accepts no larger ones."""
+    return min(wanted, reply.max_chunk_bytes or MAX_CHUNK_BYTES)
+
+
 def encode_model(tensors: Mapping[str, np.ndarray | torch.Tensor],
                  expected: Mapping[str, ExpectedTensor]) -> EncodedModel:
     """Encode ``tensors`` (exactly the names of ``expected``) with their codecs."""

@@ -34,7 +34,6 @@ from torch import nn
 
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
-from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.checkpoint import Checkpoint, CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
@@ -269,7 +268,7 @@ class Coordinator:
         log.info("client %s joined (%d cores, %.0f samples/s, budget %.2f)", client_id, capabilities.cpu_cores,
                  capabilities.train_samples_per_second, capabilities.compute_budget or 1.0)
         self._notify()
-        return pb.JoinReply(session_id=info.session_id, model=self.model_spec, max_chunk_bytes=MAX_CHUNK_BYTES)
+        return pb.JoinReply(session_id=info.session_id, model=self.model_spec, max_chunk_bytes=self.config.chunk_bytes)
 
     def leave(self, session_id: str, reason: str) -> None:
         info = self.clients.leave(session_id)

@@ -141,7 +141,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def _receive(self, upload: Upload, messages: AsyncIterator[pb.UpdateMessage]) -> pb.SubmitReply:
         """Read an update's tensor stream and, once its digest is verified, hand it to the coordinator."""
-        receiver = StreamReceiver(upload.expected)
+        receiver = StreamReceiver(upload.expected, self._chunk_bytes)
         encoded = []
         async for message in messages:
             if not upload.round.is_open:

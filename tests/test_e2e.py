@@ -76,10 +76,11 @@ def test_killed_client_does_not_stop_the_run(cluster: Cluster) -> None:
 
 
 def test_client_started_before_the_server_joins_when_it_comes_up(cluster: Cluster) -> None:
+    """...and sends its update in chunks no larger than the server said it accepts (else it would be refused)."""
     port = free_port()
     cluster.client("early", port=port)
     wait_for(lambda: "unreachable" in cluster.log("early"), 60, "the client to retry")
-    cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "1", port=port)
+    cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "1", "--chunk-bytes", "4096", port=port)
     assert cluster.wait("server", 120) == 0
     assert cluster.wait("early", 30) == 0
     assert cluster.report()["rounds"][0]["updates"] == 1

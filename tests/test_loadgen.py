@@ -10,10 +10,11 @@ from conftest import FAST_SERVER, Cluster
 def test_loadgen_clients_all_commit_every_round(cluster: Cluster) -> None:
     clients, rounds = 40, 2
     cluster.server(*FAST_SERVER, "--min-clients", str(clients), "--rounds", str(rounds),
-                   "--uplink", "cluster(k=16)|zstd", "--concurrent-uploads", "3")
+                   "--uplink", "cluster(k=16)|zstd", "--concurrent-uploads", "3", "--chunk-bytes", "4096")
     out = cluster.root / "load.json"
+    # the load generator's default chunk is larger: it must send the server's 4 KiB ones, or be refused
     cluster.fedsqueeze("loadgen", "loadgen", "--server", f"127.0.0.1:{cluster.port}", "--clients", str(clients),
-                       "--chunk-bytes", "4096", "--out", str(out))
+                       "--out", str(out))
     assert cluster.wait("loadgen", 120) == 0, cluster.logs()
     assert cluster.wait("server", 60) == 0, cluster.logs()
     result = json.loads(out.read_text())

@@ -19,7 +19,7 @@ import pytest
 import zstandard
 
 from fedsqueeze.errors import PayloadError
-from fedsqueeze.limits import MAX_MESSAGE_BYTES
+from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_MESSAGE_BYTES
 from fedsqueeze.models import build_model
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -105,7 +105,11 @@ def test_bad_updates_are_refused_and_leave_the_model_untouched(cluster: Cluster)
     poisoned = EncodedModel([EncodedTensor(e.spec, e.codec.spec, np.full(e.spec.shape, np.nan, "<f4").tobytes()
                                            if n == name else np.zeros(e.spec.shape, "<f4").tobytes())
                              for n, e in prober.expected.items()])
+    over_chunk = pb.UpdateMessage()
+    over_chunk.CopyFrom(good[0])
+    over_chunk.chunk.data = b"\0" * (DEFAULT_CHUNK_BYTES + 1)   # under gRPC's cap, over what the server said it takes
     cases = {
+        "chunk too big": ([prober.header(task), over_chunk], INVALID, f"exceeds the {DEFAULT_CHUNK_BYTES}-byte limit"),
         "bad digest": ([prober.header(task), *flipped], INVALID, "digest mismatch"),
         "truncated": ([prober.header(task), *good[:-1]], INVALID, "truncated"),
         "wrong shape": ([prober.header(task), *reshaped], INVALID, "does not match the model's"),
