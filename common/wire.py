@@ -117,8 +117,9 @@ class StreamReceiver:
         self._seen: set[str] = set()
         self._current: ExpectedTensor | None = None
         self._declared = 0
-        self._pieces: list[bytes] = []   # the current tensor's chunk data, joined once when complete
-        self._buffered = 0
+        # The current tensor's data so far. A payload that comes whole in one chunk skips it (no copy); one
+        # that comes in pieces is gathered in one buffer, so many tiny chunks cost no per-piece overhead.
+        self._buffer = bytearray()
         self.payload_size = 0
         self.complete = False   # True once a valid trailer arrived
 
@@ -139,12 +140,14 @@ class StreamReceiver:
             name = self._current.spec.name
             if len(data) > self._max_chunk:
                 raise PayloadError(f"chunk of {len(data)} bytes exceeds the {self._max_chunk}-byte limit", name)
-            if self._buffered + len(data) > self._declared:
+            if len(self._buffer) + len(data) > self._declared:
                 raise PayloadError(f"payload longer than its declared {self._declared} bytes", name)
-            self._pieces.append(data)
-            self._buffered += len(data)
             self._digest.update(data)
-            done = self._take_if_complete()
+            if not self._buffer and len(data) == self._declared:
+                done = self._complete(data)
+            else:
+                self._buffer += data
+                done = self._take_if_complete()
         if chunk.HasField("trailer"):
             self._end(chunk.trailer)
         return done
@@ -157,7 +160,7 @@ class StreamReceiver:
 
     def _begin(self, header: pb.TensorHeader) -> None:
         if self._current is not None:
-            raise PayloadError(f"payload truncated at {self._buffered} of {self._declared} bytes "
+            raise PayloadError(f"payload truncated at {len(self._buffer)} of {self._declared} bytes "
                                "before the next tensor", self._current.spec.name)
         exp = self._expected.get(header.name)
         if exp is None:
@@ -179,21 +182,24 @@ class StreamReceiver:
         self._seen.add(header.name)
         self._current = exp
         self._declared = header.payload_size
-        self._pieces, self._buffered = [], 0
+        self._buffer = bytearray()
         self._digest.update(_digest_line(spec, header.codec, header.payload_size))
 
     def _take_if_complete(self) -> EncodedTensor | None:
-        if self._current is None or self._buffered < self._declared:
+        if self._current is None or len(self._buffer) < self._declared:
             return None
-        payload = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+        return self._complete(bytes(self._buffer))
+
+    def _complete(self, payload: bytes) -> EncodedTensor:
+        assert self._current is not None
         done = EncodedTensor(self._current.spec, self._current.codec.spec, payload)
         self.payload_size += len(payload)
-        self._current, self._pieces, self._buffered = None, [], 0
+        self._current, self._buffer = None, bytearray()
         return done
 
     def _end(self, trailer: pb.Trailer) -> None:
         if self._current is not None:
-            raise PayloadError(f"payload truncated at {self._buffered} of {self._declared} bytes "
+            raise PayloadError(f"payload truncated at {len(self._buffer)} of {self._declared} bytes "
                                "before the trailer", self._current.spec.name)
         missing = sorted(set(self._expected) - self._seen)
         if missing:
