@@ -2,9 +2,9 @@
 
 The coordinator lives on the server's asyncio event loop: its state changes
 only there, so it needs no locks. Heavy work runs in worker threads: encoding
-the downlink and evaluation while no round is open, the norm check of each
-update as it commits, and, on one folding thread in commit order, adding each
-update to the round's sum and then the round's aggregation.
+the downlink and evaluation while no round is open, decoding and norm-checking
+each update as it commits, and, on one folding thread in commit order, adding
+each update to the round's sum and then the round's aggregation.
 
 A round: wait for ``min_clients`` -> select -> ask the strategy for plans ->
 encode the download once per profile -> hand out train tasks through long-polls
