@@ -15,7 +15,6 @@ import secrets
 import threading
 import time
 import zlib
-from collections.abc import Iterator
 
 import grpc
 import numpy as np
@@ -30,6 +29,7 @@ from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.models import build_model
 from fedsqueeze.tensors import model_spec
 from fedsqueeze.transport import open_channel
+from fedsqueeze.upload_turns import TurnTakingUpload
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import EncodedModel, accepted_chunk_bytes, decode_tensor, encode_model, expect_all, receive_model
@@ -206,19 +206,18 @@ class ClientDaemon:
             chosen.learning_rate = self.config.lr
         return chosen
 
-    def _update_messages(self, task: pb.TrainTask, update: EncodedModel, num_examples: int,
-                         metrics: dict[str, float]) -> Iterator[pb.UpdateMessage]:
-        yield pb.UpdateMessage(header=pb.UpdateHeader(session_id=self._session, task_id=task.task_id,
-                                                      round=task.round, num_examples=num_examples, metrics=metrics))
-        for chunk in update.chunks(self._chunk_bytes):
-            yield pb.UpdateMessage(chunk=chunk)
+    def _upload(self, task: pb.TrainTask, update: EncodedModel, num_examples: int,
+                metrics: dict[str, float]) -> TurnTakingUpload[pb.UpdateMessage]:
+        header = pb.UpdateMessage(header=pb.UpdateHeader(session_id=self._session, task_id=task.task_id,
+                                                         round=task.round, num_examples=num_examples, metrics=metrics))
+        return TurnTakingUpload(header, (pb.UpdateMessage(chunk=c) for c in update.chunks(self._chunk_bytes)))
 
     def _submit(self, task: pb.TrainTask, update: EncodedModel, num_examples: int, metrics: dict[str, float]) -> None:
         """Stream the update; retry transient failures, since the training it holds is costly to redo."""
         for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-            messages = self._update_messages(task, update, num_examples, metrics)
+            upload = self._upload(task, update, num_examples, metrics)
             try:
-                self._call(self._stub.SubmitUpdate.future(messages))
+                self._call(upload.start(self._stub.SubmitUpdate))
                 return
             except grpc.RpcError as exc:
                 if exc.code() not in TRANSIENT or attempt == SUBMIT_ATTEMPTS or self._stop.is_set():

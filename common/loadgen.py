@@ -22,7 +22,6 @@ import json
 import logging
 import resource
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from fedsqueeze.limits import MAX_CHUNK_BYTES
 from fedsqueeze.models import build_model
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.transport import client_options
+from fedsqueeze.upload_turns import turn_taking_messages
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import accepted_chunk_bytes, encode_model, expect_all
@@ -190,15 +190,15 @@ class LoadClient:
         record = self._rounds.setdefault(task.round, RoundLoad())
         record.first_task = min(record.first_task, time.monotonic())
 
-        async def messages() -> AsyncIterator[bytes]:
-            yield pb.UpdateMessage(header=pb.UpdateHeader(session_id=session, task_id=task.task_id,
-                                                          round=task.round, num_examples=100)).SerializeToString()
-            for chunk in chunks:
-                yield chunk
-
+        header = pb.UpdateMessage(header=pb.UpdateHeader(session_id=session, task_id=task.task_id,
+                                                         round=task.round, num_examples=100)).SerializeToString()
+        turn = asyncio.Event()
         started = time.monotonic()
         try:
-            await self._submit_update(messages(), timeout=CALL_TIMEOUT)
+            call = self._submit_update(turn_taking_messages(header, chunks, turn), timeout=CALL_TIMEOUT)
+            await call.initial_metadata()
+            turn.set()
+            await call
         except grpc.aio.AioRpcError as exc:
             self._result.count_error("SubmitUpdate", exc)
             return

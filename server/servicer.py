@@ -33,6 +33,7 @@ from fedsqueeze.errors import (
 )
 from fedsqueeze.server.coordinator import Coordinator, Upload
 from fedsqueeze.server.observability import ServerMetrics
+from fedsqueeze.upload_turns import TURN_METADATA
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import StreamReceiver
@@ -91,7 +92,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._enrolment = enrolment
         # Uploads read and decoded at once. A stream holds its payload and its decoded tensors until it
         # commits, so memory grows with this number, not with the clients connected; streams beyond it
-        # wait their turn with their data still on the client (HTTP/2 flow control holds it back).
+        # wait their turn with their payload still on the client (fedsqueeze.upload_turns).
         self._upload_slots = asyncio.Semaphore(concurrent_uploads)
 
     def _check_session(self, context: grpc.aio.ServicerContext, session_id: str) -> None:
@@ -135,6 +136,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         upload = self._coordinator.begin_upload(first.header)
         try:
             async with self._upload_slots:
+                await context.send_initial_metadata(TURN_METADATA)
                 return await self._receive(upload, messages)
         finally:
             upload.release()

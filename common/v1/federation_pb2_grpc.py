@@ -96,6 +96,9 @@ class FederationServicer:
     def SubmitUpdate(self, request_iterator, context):
         """Streams an update up: one UpdateHeader, then the Chunks of a tensor stream.
         The server commits it only when the stream is complete and its digest checks.
+        The server reads a few uploads at a time and sends the call's initial
+        metadata ("fedsqueeze-upload-turn") when this one's turn comes: send the
+        header at once and the chunks only after that (fedsqueeze.upload_turns).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
