@@ -18,9 +18,9 @@ The server also caps each connection's read buffer at 8 KiB
 next read buffer from the largest reads it has seen and keeps it allocated
 while the connection idles (grpc/grpc#42194), so every client that had
 uploaded left from 64 KiB to a few hundred KiB on the server between
-rounds. With the cap,
-1,000 clients cost 50-80 MiB less than with a 64 KiB one, at the same
-updates/s and server CPU per update (benchmarks/scale.py --clients 1000).
+rounds. With the cap, 1,000 clients cost 50-80 MiB less than with a 64 KiB
+one, at the same updates/s and server CPU per update (benchmarks/scale.py
+--clients 1000).
 """
 
 from __future__ import annotations
