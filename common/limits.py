@@ -1,8 +1,9 @@
 """Size limits of the protocol, in a module light enough for every command to import."""
 
-# Payload bytes per Chunk by default. A server's peak memory with many clients grows with the chunk size
-# (gRPC buffers per connection after the messages it has seen): at 1,000 clients, 1 MiB chunks peaked at
-# 1,054 MiB, 256 KiB at 911, 64 KiB at 751, at 103 / 99 / 92 updates/s (benchmarks/scale.py, README).
+# Payload bytes per Chunk by default. With upload turns and the read-buffer cap, a server's peak memory at
+# 1,000 clients no longer depends on it (601-652 MiB for 64 KiB to 1 MiB); bigger chunks ingest faster (97 /
+# 114 / 125 updates/s at 64 KiB / 256 KiB / 1 MiB, benchmarks/scale.py, README), but a client that ignores
+# its upload turn makes the server hold one whole chunk per waiting stream, so the default stays moderate.
 DEFAULT_CHUNK_BYTES = 256 << 10
 MAX_CHUNK_BYTES = 4 << 20       # protocol limit on Chunk.data
 # gRPC's own cap on one message: a full Chunk plus room for its header fields.
