@@ -22,6 +22,7 @@ PER_CODEC = 10_000
 SPEC = TensorSpec("w", (24, 17))
 CODECS = [
     "dense", "dense(dtype=float16)", "dense(dtype=bfloat16)", "dense|zstd", "dense|ans",
+    "dense(shuffle=true)|zstd", "dense(dtype=bfloat16,shuffle=true)",
     "cluster(k=16)", "cluster(k=7)", "cluster(k=16)|zstd", "cluster(k=200)|ans",
     "sparse(ratio=0.05)", "sparse(k=40)|cluster(k=16)|zstd", "channels(ratio=0.5)|dense(dtype=float16)|zstd",
     "latent(decoder=fuzz,version=1)|dense(dtype=float16)|zstd",

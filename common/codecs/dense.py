@@ -1,4 +1,13 @@
-"""``dense``: every element, little-endian, as float32 (lossless), float16 or bfloat16."""
+"""``dense``: every element, little-endian, as float32 (lossless), float16 or bfloat16.
+
+``dense(shuffle=true)`` writes the values byte plane by byte plane (every
+value's first byte, then every second byte, ...), the shuffle filter of
+Blosc and numcodecs. It changes no value, only the order of the bytes: the
+sign-and-exponent bytes of a layer's weights are few distinct values, and
+grouped together a following ``zstd`` finds them. On the CNN's float32
+deltas after one epoch, zstd alone saves 12-15%; shuffled, 21-24% (weights:
+8% and 15%). A transpose in numpy is not worth a dependency.
+"""
 
 from __future__ import annotations
 
@@ -30,10 +39,14 @@ class Dense(ArrayStage):
     codec_id = "dense"
     terminal = True
 
-    def __init__(self, dtype: str = "float32") -> None:
+    def __init__(self, dtype: str = "float32", shuffle: bool = False) -> None:
         if dtype not in _WIRE_DTYPE:
             raise CodecError(f"dense: dtype must be one of {', '.join(_WIRE_DTYPE)}, not {dtype!r}")
+        if not isinstance(shuffle, bool):
+            raise CodecError(f"dense: shuffle must be true or false, not {shuffle!r}")
         self.dtype = dtype
+        self.shuffle = shuffle
+        self._width = np.dtype(_WIRE_DTYPE[dtype]).itemsize
 
     @property
     def lossless(self) -> bool:
@@ -41,17 +54,27 @@ class Dense(ArrayStage):
 
     def encode(self, array: np.ndarray) -> tuple[bytes, None]:
         flat = np.ascontiguousarray(array, dtype=np.float32).reshape(-1)
-        if self.dtype == "bfloat16":
-            return to_bfloat16_bits(flat).tobytes(), None
-        return flat.astype(_WIRE_DTYPE[self.dtype], copy=False).tobytes(), None
+        values = to_bfloat16_bits(flat) if self.dtype == "bfloat16" else flat.astype(_WIRE_DTYPE[self.dtype])
+        if self.shuffle:   # (n, width) bytes -> (width, n): plane i holds every value's byte i
+            return np.ascontiguousarray(values.view(np.uint8).reshape(-1, self._width).T).tobytes(), None
+        return values.tobytes(), None
 
     def decode(self, reader: Reader, spec: TensorSpec, decode_rest: DecodeRest) -> np.ndarray:
-        raw = reader.array(_WIRE_DTYPE[self.dtype], spec.numel, f"{spec.numel} {self.dtype} values")
+        what = f"{spec.numel} {self.dtype} values"
+        if self.shuffle:
+            planes = reader.array("u1", spec.numel * self._width, what).reshape(self._width, spec.numel)
+            raw = np.ascontiguousarray(planes.T).view(_WIRE_DTYPE[self.dtype]).reshape(-1)
+        else:
+            raw = reader.array(_WIRE_DTYPE[self.dtype], spec.numel, what)
         flat = from_bfloat16_bits(raw) if self.dtype == "bfloat16" else raw
         return flat.astype(np.float32).reshape(spec.shape)
 
     def max_section_size(self, spec: TensorSpec) -> int:
-        return spec.numel * np.dtype(_WIRE_DTYPE[self.dtype]).itemsize
+        return spec.numel * self._width
 
     def get_config(self) -> dict[str, Any]:
-        return {"id": self.codec_id, "dtype": self.dtype}
+        """``shuffle`` only when on, so the canonical spec of plain ``dense`` stays what it always was."""
+        config: dict[str, Any] = {"id": self.codec_id, "dtype": self.dtype}
+        if self.shuffle:
+            config["shuffle"] = True
+        return config
