@@ -73,6 +73,19 @@ def test_cluster_sends_each_weight_to_its_nearest_of_k_centroids(array: np.ndarr
     assert (chosen <= distance.min(axis=1) + 1e-12).all()
 
 
+@pytest.mark.parametrize("values", [[1e-45, 0.0], [0.0, 1e-45, 3e-45], [-3e38, 0.0, 3e38], [-3.4e38, 3.4e38, 1.0]],
+                         ids=["subnormal-span", "subnormal-three", "near-float32-limits", "full-range"])
+@pytest.mark.parametrize("k", [1, 2, 16])
+def test_cluster_handles_extreme_value_ranges(values: list[float], k: int) -> None:
+    """Ranges whose width underflows or overflows float32 once gave negative grid cells (found by hypothesis)."""
+    array = np.array(values, np.float32)
+    decoded, _ = round_trip(f"cluster(k={k})", array)
+    centroids = np.unique(decoded)
+    distance = np.abs(array.reshape(-1, 1).astype(np.float64) - centroids.astype(np.float64))
+    assert len(centroids) <= k and np.isfinite(decoded).all()
+    assert (np.abs(array.astype(np.float64) - decoded) <= distance.min(axis=1)).all()
+
+
 def test_cluster_layout_choice_and_sizes() -> None:
     rng = np.random.default_rng(0)
     weights = rng.normal(0, 0.05, 100_000).astype(np.float32)

@@ -33,15 +33,19 @@ PACKED, BYTES = 0, 1
 
 
 class Grid:
-    """A uniform grid of BINS cells over a tensor's value range; cell() is monotone in the value."""
+    """A uniform grid of BINS cells over a tensor's value range; cell() is monotone in the value.
+
+    In float64: a float32 span can be too small for BINS / span (subnormal ranges) or too large for
+    ``values - lo`` (ranges near the float32 limits), and either gave negative cells.
+    """
 
     def __init__(self, values: np.ndarray) -> None:
-        self.lo = np.float32(values.min())
-        span = float(values.max()) - float(self.lo)
-        self.scale = np.float32(BINS / span) if span > 0 else np.float32(0)
+        self.lo = float(values.min())
+        span = float(values.max()) - self.lo
+        self.scale = BINS / span if span > 0 else 0.0
 
     def cells(self, values: np.ndarray) -> np.ndarray:
-        return np.minimum(((values - self.lo) * self.scale).astype(np.int32), BINS - 1)
+        return np.minimum(((values.astype(np.float64) - self.lo) * self.scale).astype(np.int32), BINS - 1)
 
 
 def kmeans_1d(values: np.ndarray, k: int, iterations: int = 25, seed: int = 0,
@@ -113,7 +117,7 @@ def assign(values: np.ndarray, centroids: np.ndarray, grid: Grid | None = None,
         return np.zeros(values.size, np.uint8)
     grid = grid or Grid(values)
     cells = grid.cells(values) if cells is None else cells
-    mids = (centroids[1:] + centroids[:-1]) / np.float32(2)
+    mids = (centroids[1:].astype(np.float64) + centroids[:-1]) / 2   # exact: no float32 rounding or overflow
     mid_cells = grid.cells(mids)
     cluster_of_cell = np.searchsorted(mid_cells, np.arange(BINS, dtype=np.int32)).astype(np.uint8)
     index = cluster_of_cell[cells]
