@@ -27,7 +27,7 @@ from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import EncodedModel, EncodedTensor, encode_model, expect_all
 
 from conftest import FAST_SERVER, Cluster, free_port
-from test_refusals import Prober
+from test_refusals import RAW_FLOAT32, Prober
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -46,9 +46,9 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
     creds = cluster.root / "creds"
     make_certificates(creds, ["localhost"], ["alice", "mallory"], days=1)
     metrics_port = free_port()
-    cluster.server(*FAST_SERVER, "--rounds", "3", "--min-clients", "1", "--tokens", str(creds / "tokens.json"),
-                   "--max-update-norm", "100", "--joins-per-minute", "5", "--metrics-listen",
-                   f"127.0.0.1:{metrics_port}", "--log-format", "json")
+    cluster.server(*FAST_SERVER, *RAW_FLOAT32, "--rounds", "3", "--min-clients", "1", "--tokens",
+                   str(creds / "tokens.json"), "--max-update-norm", "100", "--joins-per-minute", "5",
+                   "--metrics-listen", f"127.0.0.1:{metrics_port}", "--log-format", "json")
 
     def channel(token: str | None) -> grpc.Channel:
         plain = grpc.insecure_channel(f"127.0.0.1:{cluster.port}")

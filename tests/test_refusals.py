@@ -37,6 +37,8 @@ from fedsqueeze.wire import (
 from conftest import FAST_SERVER, Cluster, wait_for
 from mutations import mutate
 
+RAW_FLOAT32 = ("--uplink", "dense", "--downlink", "dense")   # the prober writes and reads raw float32 by hand
+
 
 class Prober:
     """A hand-driven client: join, take a task, download, send whatever it is told to."""
@@ -86,7 +88,7 @@ def zeros_like(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def test_bad_updates_are_refused_and_leave_the_model_untouched(cluster: Cluster) -> None:
-    cluster.server(*FAST_SERVER, "--rounds", "2", "--min-clients", "1")
+    cluster.server(*FAST_SERVER, *RAW_FLOAT32, "--rounds", "2", "--min-clients", "1")
     channel = cluster.channel()
     prober = Prober(channel)
     task = prober.task()
@@ -197,7 +199,8 @@ def hostile_streams(prober: Prober, task: pb.TrainTask, count: int,
 
 
 def test_a_thousand_hostile_updates_leave_a_live_server_serving_and_unchanged(cluster: Cluster) -> None:
-    cluster.server(*FAST_SERVER, "--rounds", "2", "--min-clients", "1", "--uplink", "cluster(k=16)|zstd")
+    cluster.server(*FAST_SERVER, "--rounds", "2", "--min-clients", "1", "--uplink", "cluster(k=16)|zstd",
+                   "--downlink", "dense")
     with cluster.channel() as channel:
         prober = Prober(channel)
         task = prober.task()

@@ -17,11 +17,11 @@ from fedsqueeze.upload_turns import TURN_METADATA, TurnTakingUpload
 from fedsqueeze.v1 import federation_pb2 as pb
 
 from conftest import FAST_SERVER, Cluster
-from test_refusals import Prober, zeros_like
+from test_refusals import RAW_FLOAT32, Prober, zeros_like
 
 
 def test_a_waiting_upload_sends_its_payload_only_on_its_turn(cluster: Cluster) -> None:
-    cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "2", "--concurrent-uploads", "1")
+    cluster.server(*FAST_SERVER, *RAW_FLOAT32, "--rounds", "1", "--min-clients", "2", "--concurrent-uploads", "1")
     alice, bob = (Prober(cluster.channel(), client_id=name) for name in ("alice", "bob"))
     alice_task, bob_task = alice.task(), bob.task()
 
