@@ -124,11 +124,15 @@ def test_distillation_reduces_the_teacher_student_kl_on_held_out_ood_data() -> N
     assert set(distinct_values(student).values()) == {4}
 
 
-def test_the_strategy_distils_the_clients_average_into_a_k_valued_global_model() -> None:
+def small_settings(**params: object) -> StrategySettings:
     spec = make_model_spec("cnn(width=8)", (1, 12, 12), 10)
-    settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1, batch_size=32, learning_rate=0.05,
-                                                                       optimizer="sgd"), "dense", "dense",
-                                params={"k0": 5, "kd_epochs": 1, "ood_samples": 300})
+    return StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1, batch_size=32, learning_rate=0.05,
+                                                                   optimizer="sgd"), "dense", "dense", params=params)
+
+
+def test_the_strategy_distils_the_clients_average_into_a_k_valued_global_model() -> None:
+    settings = small_settings(k0=5, kd_epochs=1, ood_samples=300, upload="model")
+    spec = settings.model_spec
     strategy = FedCompress(build_model(spec, seed=0), settings)
     assert set(distinct_values(strategy.model).values()) == {5}           # the first download is clustered
     accumulator = WeightedSum()
@@ -143,6 +147,56 @@ def test_the_strategy_distils_the_clients_average_into_a_k_valued_global_model()
     with pytest.raises(ValueError, match="must not be the federation's own data"):
         FedCompress(build_model(spec), StrategySettings(spec, "synthetic", settings.hyperparameters, "dense",
                                                         "dense", params={"ood": "synthetic"}))
+    with pytest.raises(ValueError, match="upload must be delta or model"):
+        FedCompress(build_model(spec), small_settings(upload="weights"))
+
+
+def test_delta_uploads_keep_steps_smaller_than_the_centroid_gaps(tmp_path: Path) -> None:
+    """upload=delta: a step too small to move any weight to another centroid still accumulates in the float32
+    teacher, round after round, while the served model stays K-valued; upload=model loses it for good."""
+    def run(upload: str, state_dir: Path | None = None) -> tuple[FedCompress, list[dict[str, torch.Tensor]]]:
+        settings = small_settings(k0=4, distill=False, upload=upload)
+        settings = StrategySettings(**{**settings.__dict__, "state_dir": state_dir})
+        strategy = FedCompress(build_model(settings.model_spec, seed=0), settings)
+        served = []
+        for round_number in (1, 2, 3):
+            start = float_state(strategy.model)
+            # +-1e-4, alternating: far below a centroid gap at K=4, and no net shift of any centroid
+            step = {n: 1e-4 * (1 - 2 * (torch.arange(t.numel()) % 2)).reshape(t.shape).float()
+                    for n, t in start.items()}
+            update = step if upload == "delta" else {n: start[n] + step[n] for n in start}
+            accumulator = WeightedSum()
+            accumulator.add(update, 10)
+            strategy.aggregate(round_number, accumulator, {})
+            assert set(distinct_values(strategy.model).values()) == {4}
+            served.append({n: t.clone() for n, t in float_state(strategy.model).items()})
+            if state_dir:
+                strategy.state_dict()   # as each checkpoint does
+        return strategy, served
+
+    deltas, _ = run("delta", tmp_path)
+    initial = float_state(build_model(deltas.settings.model_spec, seed=0))
+    assert deltas.teacher is not None
+    for name, value in initial.items():
+        signs = (1 - 2 * (torch.arange(value.numel()) % 2)).reshape(value.shape)
+        torch.testing.assert_close(deltas.teacher[name], value + 3e-4 * signs)
+    models, served = run("model")
+    assert models.teacher is None
+    for name in clustered_tensors(models.model):   # three steps of 1e-4 each, and the served weights did not move
+        moved = (served[2][name] - served[0][name]).abs().max().item()
+        print(f"{name}: upload=model moved the served weights by at most {moved:.2e}")
+        assert moved < 5e-5
+
+    # The teacher outlives a restart: the checkpoint's state names its file; two files are kept at most.
+    state = json.loads(json.dumps(deltas.state_dict()))
+    assert state["teacher_file"] == "teacher-3.pt"
+    assert sorted(f.name for f in (tmp_path / "fedcompress").iterdir()) == ["teacher-2.pt", "teacher-3.pt"]
+    restored = FedCompress(build_model(deltas.settings.model_spec, seed=5), deltas.settings)
+    restored.model.load_state_dict(deltas.model.state_dict())
+    restored.load_state_dict(state)
+    assert restored.teacher is not None and all(torch.equal(restored.teacher[n], deltas.teacher[n])
+                                                for n in deltas.teacher)
+    assert restored.schedule.k == deltas.schedule.k
 
 
 def test_simulate_fedcompress_end_to_end(tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""FedCompress client: train, fine-tune with weight sharing at K, report validation accuracy and score.
+"""FedCompress client: train, maybe fine-tune with weight sharing at K, report validation accuracy and score.
 
-The update is the clustered model itself (K distinct values per conv/linear
-weight), which the clustered codec carries exactly. A held-out share of the
-device's data gives the validation accuracy and the representation score
-(the effective rank of the penultimate embeddings); only the score travels.
+With ``upload=model`` (the paper's) the update is the clustered model itself
+(K distinct values per conv/linear weight), which the clustered codec carries
+exactly. With ``upload=delta`` it is ``trained - downloaded``, which the same
+codec clusters and error feedback completes (see the server strategy). A
+held-out share of the device's data gives the validation accuracy and the
+representation score (the effective rank of the penultimate embeddings); only
+the score travels.
 """
 
 from __future__ import annotations
@@ -40,18 +43,24 @@ class FedCompressTrainer(Trainer):
             should_stop: Callable[[], bool]) -> TrainResult:
         config = json.loads(task.method_config_json)
         train, validation = self.split(float(config["val_fraction"]))
-        self.model.load_state_dict({n: torch.from_numpy(v) for n, v in downloaded.items()}, strict=False)
+        start = {n: torch.from_numpy(v) for n, v in downloaded.items()}
+        self.model.load_state_dict(start, strict=False)
         generator = round_generator(self.seed, task.round)
         metrics = train_epochs(self.model, train, hyperparameters, generator, should_stop) \
             if hyperparameters.epochs else {}
-        with weight_sharing(self.model, int(config["k"]), seed=self.seed):
-            if config["cluster_epochs"]:
-                # Adam: a centroid's gradient sums its members', so only a scale-free optimizer fits.
-                fine_tune = pb.Hyperparameters(epochs=int(config["cluster_epochs"]),
-                                               batch_size=hyperparameters.batch_size,
-                                               learning_rate=float(config["cluster_lr"]), optimizer="adam")
-                metrics = train_epochs(self.model, train, fine_tune, generator, should_stop)
+        sends_delta = config.get("upload", "model") == "delta"
+        if config["cluster_epochs"] or not sends_delta:   # a model upload is clustered even without fine-tuning
+            with weight_sharing(self.model, int(config["k"]), seed=self.seed):
+                if config["cluster_epochs"]:
+                    # Adam: a centroid's gradient sums its members', so only a scale-free optimizer fits.
+                    fine_tune = pb.Hyperparameters(epochs=int(config["cluster_epochs"]),
+                                                   batch_size=hyperparameters.batch_size,
+                                                   learning_rate=float(config["cluster_lr"]), optimizer="adam")
+                    metrics = train_epochs(self.model, train, fine_tune, generator, should_stop)
         accuracy, loss = evaluate(self.model, validation)
         metrics.update(val_accuracy=accuracy, val_loss=loss,
                        score=effective_rank(embeddings_of(self.model, validation)))
-        return TrainResult({k: v.clone() for k, v in float_state(self.model).items()}, len(train), metrics)
+        trained = float_state(self.model)
+        update = {n: trained[n] - start[n] for n in start} if sends_delta else \
+            {n: v.clone() for n, v in trained.items()}
+        return TrainResult(update, len(train), metrics)

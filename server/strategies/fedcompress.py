@@ -1,26 +1,43 @@
 """FedCompress (Tsouvalas et al., ICASSP 2024): dynamic weight clustering with server-side distillation.
 
 Round: every client gets the clustered global model (K values per layer),
-trains it, fine-tunes with weight sharing at K, and sends back its clustered
-model with its validation accuracy and representation score. The server
-averages the models (the teacher), clusters a copy to K (the student) and
-distils the teacher into it on unlabeled out-of-distribution images; the
-clustered student is the next global model. K grows by one when accuracy and
-score plateau (``KSchedule``). Models, not updates, travel: no error feedback.
+trains it, and sends back its clustered work with its validation accuracy and
+representation score. The server averages the clients' work into the teacher,
+clusters a copy to K (the student) and distils the teacher into it on
+unlabeled out-of-distribution images; the clustered student is the next
+global model. K grows by one when accuracy and score plateau (``KSchedule``).
+
+What travels up (``upload``):
+
+- ``model``, the paper's: each client fine-tunes with weight sharing at K and
+  sends its clustered model; the teacher is the clients' mean model. A weight
+  moves only when local training carries it past the midpoint to the next
+  centroid, so small steps are lost every round, on the client and again when
+  the server re-clusters (10 rounds, 1 epoch: -1.5 pt against FedAvg).
+- ``delta`` (default): each client sends ``trained - downloaded`` through the
+  same clustered codec, with error feedback; the server keeps the teacher in
+  float32 between rounds and adds the clients' mean delta to it, so the small
+  steps accumulate there (straight-through, as in quantisation-aware training
+  with full-precision latent weights). Same wire format, same clustered
+  student served. Benchmarks: README.
 
 Method parameters (``--method "fedcompress(k0=8,kd_epochs=2)"``):
 k0 (8), k_max (30), window (3), patience (4), acc_tol (0.01), score_tol (0.1)
-for the schedule; cluster_epochs (1), cluster_lr (5e-4), val_fraction (0.1)
-for clients; distill (true), kd_epochs (10), kd_lr (1e-4), kd_batch (256),
-temperature (2.0), ood ("procedural", or a dataset spec other than the
-federation's, e.g. "mnist"), ood_samples (5000) for the server; entropy
-("ans" or "zstd") for the wire: the indices of trained clustered weights are
-close to i.i.d., so ans (at their entropy) beats zstd by about 15%.
+for the schedule; upload ("delta" or "model"), cluster_epochs (0 with delta,
+1 with model: weight sharing would cluster away the delta's small steps),
+cluster_lr (5e-4), val_fraction (0.1) for clients; distill (true), kd_epochs
+(10), kd_lr (1e-4), kd_batch (256), temperature (2.0), ood ("procedural", or a
+dataset spec other than the federation's, e.g. "mnist"), ood_samples (5000)
+for the server; entropy ("ans" or "zstd") for the wire: clustered indices are
+close to i.i.d., so ans (at their entropy) beats zstd by about 15%. With
+``upload=delta`` and a state directory, the float32 teacher is kept beside the
+checkpoint (``fedcompress/teacher-<round>.pt``) so a restart resumes it.
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 from collections.abc import Sequence
@@ -34,6 +51,7 @@ from fedsqueeze.codecs import get_plan
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened
+from fedsqueeze.server.storage import write_atomic
 from fedsqueeze.server.strategies.base import ClientPlan, Strategy, StrategySettings
 from fedsqueeze.tensors import float_state
 from fedsqueeze.wire import ExpectedTensor, encode_model, expect_all
@@ -93,8 +111,9 @@ class KSchedule:
 
 class FedCompress(Strategy):
     name = "fedcompress"
-    params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "cluster_epochs", "cluster_lr",
-                        "val_fraction", "entropy"}) | Distillation.params("ood")
+    params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "upload", "cluster_epochs",
+                        "cluster_lr", "val_fraction", "entropy"}) | Distillation.params("ood")
+    TEACHERS_KEPT = 2   # the checkpoint being written and the one before it, which a crash falls back to
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
@@ -102,7 +121,11 @@ class FedCompress(Strategy):
         self.schedule = KSchedule(int(p.get("k0", 8)), int(p.get("k_max", 30)), int(p.get("window", 3)),
                                   int(p.get("patience", 4)), float(p.get("acc_tol", 0.01)),
                                   float(p.get("score_tol", 0.1)))
-        self.client_config = {"cluster_epochs": int(p.get("cluster_epochs", 1)),
+        self.upload = str(p.get("upload", "delta"))
+        if self.upload not in ("delta", "model"):
+            raise ValueError(f"fedcompress: upload must be delta or model, not {self.upload!r}")
+        deltas = self.upload == "delta"
+        self.client_config = {"upload": self.upload, "cluster_epochs": int(p.get("cluster_epochs", 0 if deltas else 1)),
                               "cluster_lr": float(p.get("cluster_lr", 5e-4)),
                               "val_fraction": float(p.get("val_fraction", 0.1))}
         input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
@@ -114,14 +137,38 @@ class FedCompress(Strategy):
         self.clustered = set(clustered_tensors(model))
         self._ood: tuple[torch.Tensor, torch.Tensor] | None = None
         self._plans: dict[str, str] = {}
+        # upload=delta: the float32 teacher the clients' deltas add to (the served model is its clustered student)
+        self.teacher: dict[str, torch.Tensor] | None = \
+            {n: t.clone() for n, t in float_state(model).items()} if deltas else None
+        self._round = 0
         cluster_model_(self.model, self.schedule.k, settings.seed)   # the first download is clustered too
 
     def state_dict(self) -> dict[str, Any]:
-        return {"k": self.schedule.k, "history": self.schedule.history}
+        """K's schedule; with upload=delta, also the float32 teacher, written to its own file first."""
+        state: dict[str, Any] = {"k": self.schedule.k, "history": self.schedule.history}
+        if self.teacher is not None and self.settings.state_dir:
+            folder = self.settings.state_dir / "fedcompress"
+            buffer = io.BytesIO()
+            torch.save(self.teacher, buffer)
+            write_atomic(folder / f"teacher-{self._round}.pt", buffer.getvalue())
+            state["teacher_file"] = f"teacher-{self._round}.pt"
+            for old in sorted(folder.glob("teacher-*.pt"), key=lambda f: int(f.stem.split("-")[1]))[
+                    :-self.TEACHERS_KEPT]:
+                old.unlink(missing_ok=True)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.schedule.k = int(state["k"])
         self.schedule.history = [(int(k), float(acc), float(score)) for k, acc, score in state["history"]]
+        if self.teacher is None:
+            return
+        path = self.settings.state_dir / "fedcompress" / str(state.get("teacher_file")) \
+            if self.settings.state_dir and state.get("teacher_file") else None
+        if path and path.exists():
+            self.teacher = torch.load(path, weights_only=True)
+        else:   # a checkpoint of upload=model, or one whose teacher is gone: start again from the served model
+            log.warning("no float32 teacher beside the checkpoint; the clustered model is the teacher from here")
+            self.teacher = {n: t.clone() for n, t in float_state(self.model).items()}
 
     def plan(self, k: int) -> str:
         """Clustered conv/linear weights, everything else (biases) dense float32."""
@@ -134,8 +181,8 @@ class FedCompress(Strategy):
         self._plans[profile] = get_plan(self.plan(k)).spec
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
                           uplink_codec=self._plans[profile], downlink_codec=self._plans[profile],
-                          method_config={"k": k, **self.client_config}, error_feedback=False,
-                          sends_delta=False)
+                          method_config={"k": k, **self.client_config},
+                          error_feedback=self.teacher is not None, sends_delta=self.teacher is not None)
         return {client.client_id: plan for client in clients}
 
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:
@@ -147,8 +194,14 @@ class FedCompress(Strategy):
     def aggregate(self, round_number: int, accumulator: WeightedSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
         k = self.schedule.k
+        self._round = round_number
         teacher = copy.deepcopy(self.model)
-        teacher.load_state_dict(accumulator.mean(), strict=False)
+        mean = accumulator.mean()
+        if self.teacher is not None:
+            self.teacher = {name: self.teacher[name] + mean[name] for name in self.teacher}
+            teacher.load_state_dict(self.teacher, strict=False)
+        else:
+            teacher.load_state_dict(mean, strict=False)
         metrics: dict[str, float] = {"k": k}
         if self.settings.evaluate:
             metrics["teacher_accuracy"] = self.settings.evaluate(teacher)[0]
