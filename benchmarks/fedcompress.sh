@@ -8,13 +8,18 @@ for partition in iid "dirichlet(alpha=0.5)"; do
   name=fedcompress_$( [[ $partition == iid ]] && echo iid || echo dirichlet )
   .venv/bin/python benchmarks/compare.py --name "$name" --clients 10 --rounds 30 --partition "$partition" -- \
     "FedAvg=--epochs 2" \
-    "FedCompress=--epochs 1 --method fedcompress(kd_epochs=2)" \
-    "FedCompress, no server distillation=--epochs 1 --method fedcompress(distill=false)"
+    "FedCompress=--epochs 1 --method fedcompress(kd_epochs=2,upload=model)" \
+    "FedCompress, no server distillation=--epochs 1 --method fedcompress(distill=false,upload=model)"
 done
-# The client's recipe at 10 rounds with 1 local epoch, the setting of the Flower comparison (about 35 min):
-# K = 8 or 10 with the clustered fine-tuning epoch, and no fine-tuning after 1 or 2 local epochs.
+# The client's recipe at 10 rounds with 1 local epoch, the setting of the Flower comparison (about 35 min), with
+# the paper's model uploads: K = 8 or 10 with the clustered fine-tuning epoch, no fine-tuning after 1 or 2 epochs.
 .venv/bin/python benchmarks/compare.py --name fc_k --clients 10 --rounds 10 --partition iid -- \
-  "K8=--epochs 1 --method fedcompress(kd_epochs=2)" \
-  "K10=--epochs 1 --method fedcompress(kd_epochs=2,k0=10)" \
-  "E2C0=--epochs 2 --method fedcompress(kd_epochs=2,cluster_epochs=0)" \
-  "E1C0=--epochs 1 --method fedcompress(kd_epochs=2,cluster_epochs=0)"
+  "K8=--epochs 1 --method fedcompress(kd_epochs=2,upload=model)" \
+  "K10=--epochs 1 --method fedcompress(kd_epochs=2,k0=10,upload=model)" \
+  "E2C0=--epochs 2 --method fedcompress(kd_epochs=2,cluster_epochs=0,upload=model)" \
+  "E1C0=--epochs 1 --method fedcompress(kd_epochs=2,cluster_epochs=0,upload=model)"
+# Model uploads against delta uploads (the default), and FedAvg with the same clustered codec both ways (no KD).
+.venv/bin/python benchmarks/compare.py --name fc_latent --clients 10 --rounds 10 --partition iid -- \
+  "E1C0=--epochs 1 --method fedcompress(kd_epochs=2,cluster_epochs=0,upload=model)" \
+  "FedAvg cluster8 ans both ways=--epochs 1 --uplink cluster(k=8)|ans --downlink cluster(k=8)|ans" \
+  "FedCompress delta=--epochs 1 --method fedcompress(kd_epochs=2,upload=delta)"

@@ -54,8 +54,8 @@ class Row:
 ROWS = {
     "flower": Row("Flower FedAvg", "flower"),
     "fedavg": Row("fedsqueeze FedAvg", "fedavg"),
-    # FedAvg's local epochs and no clustered fine-tuning: at 10 rounds the fine-tuning epoch added nothing
-    # (0.8900 with it, 0.8906 without), and without it every row does the same local work (README).
+    # FedAvg's local epochs, delta uploads (the default) and no clustered fine-tuning: every row does the same
+    # local work; at 10 rounds the fine-tuning epoch added nothing (0.8900 with it, 0.8906 without; README).
     "fedcompress": Row("fedsqueeze FedCompress", "fedcompress(kd_epochs=2,cluster_epochs=0)"),
     "ae": Row("fedsqueeze AE + clustered downlink", f"ae(warmup=2,{CORRECTION})",   # short runs reach latents
               downlink="cluster(k=16)|zstd"),
