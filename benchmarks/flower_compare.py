@@ -31,7 +31,7 @@ from typing import Any
 from netlab import LinkLimits, NetLab, why_unavailable
 from scale import reap
 
-from fedsqueeze.config import ClientConfig, ServerConfig
+from fedsqueeze.config import LOSSLESS_CODEC, ClientConfig, ServerConfig
 from fedsqueeze.plotting import plot_systems
 from fedsqueeze.simulate import config_flags
 
@@ -40,7 +40,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 FLOWER_PYTHON = ROOT / ".venv-flower" / "bin" / "python"
 FLOWER_APP = ROOT / "benchmarks" / "flower" / "fedavg.py"
 PORT = 50071
-CORRECTION = "correction=sparse(ratio=0.0005)|dense(dtype=float16)|zstd"
+CORRECTION = "correction=sparse(ratio=0.005)|dense(dtype=float16)|zstd"
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Row:
     label: str
     method: str              # fedsqueeze --method, or "flower"
     budgets: tuple[float, ...] = (1.0,)
-    downlink: str = "dense"      # the autoencoder codes updates only; its row stacks a clustered downlink
+    downlink: str = LOSSLESS_CODEC   # the autoencoder codes updates only; its row stacks a clustered downlink
 
 
 ROWS = {
@@ -132,13 +132,19 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
         raise RuntimeError(f"{row.label}: the server exited with {server.returncode}; see {out / 'server.log'}")
     report = json.loads((out / "report.json").read_text())
     seconds = [r["seconds"] for r in report["rounds"]]
+    payload_kinds: dict[str, float] = {}   # a strategy's uplink split, e.g. the autoencoder's latents and corrections
+    for record in report["rounds"]:
+        for key, value in record["metrics"].items():
+            if key.startswith("payload_bytes_"):
+                kind = key.removeprefix("payload_bytes_")
+                payload_kinds[kind] = payload_kinds.get(kind, 0) + value
     return {"label": row.label, "link": limits.describe(), "final_accuracy": report["final_accuracy"],
             "accuracy": [r["accuracy"] for r in report["rounds"]], "round_seconds": seconds,
             "seconds_per_round": sum(seconds) / len(seconds), "wall_seconds": wall,
             "bytes_up": traffic.bytes_up, "bytes_down": traffic.bytes_down,
             "packets_up": traffic.packets_up, "packets_down": traffic.packets_down,
             "retransmitted_up": traffic.retransmitted_up, "retransmitted_down": traffic.retransmitted_down,
-            "server_peak_rss": peak_rss}
+            "server_peak_rss": peak_rss, "uplink_payload_bytes_by_kind": payload_kinds}
 
 
 def seconds_to(row: dict[str, Any], target: float) -> float | None:
