@@ -134,7 +134,7 @@ def run_row(row: Row, args: argparse.Namespace, limits: LinkLimits, folder: Path
     seconds = [r["seconds"] for r in report["rounds"]]
     payload_kinds: dict[str, float] = {}   # a strategy's uplink split, e.g. the autoencoder's latents and corrections
     for record in report["rounds"]:
-        for key, value in record["metrics"].items():
+        for key, value in record.get("metrics", {}).items():   # Flower's report has none
             if key.startswith("payload_bytes_"):
                 kind = key.removeprefix("payload_bytes_")
                 payload_kinds[kind] = payload_kinds.get(kind, 0) + value
