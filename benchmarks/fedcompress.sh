@@ -23,3 +23,11 @@ done
   "E1C0=--epochs 1 --method fedcompress(kd_epochs=2,cluster_epochs=0,upload=model)" \
   "FedAvg cluster8 ans both ways=--epochs 1 --uplink cluster(k=8)|ans --downlink cluster(k=8)|ans" \
   "FedCompress delta=--epochs 1 --method fedcompress(kd_epochs=2,upload=delta)"
+# Delta uploads with and without server distillation (no distillation: clients start from the student nearest the
+# teacher), and the same with 1% of each client's data held out for validation instead of 10%.
+.venv/bin/python benchmarks/compare.py --name fc_delta_kd --clients 10 --rounds 10 --partition iid -- \
+  "FedCompress delta=--epochs 1 --method fedcompress(kd_epochs=2,upload=delta)" \
+  "FedCompress delta, no server distillation=--epochs 1 --method fedcompress(distill=false,upload=delta)"
+.venv/bin/python benchmarks/compare.py --name fc_delta_val --clients 10 --rounds 10 --partition iid -- \
+  "FedCompress delta, 1% held out=--epochs 1 --method fedcompress(kd_epochs=2,upload=delta,val_fraction=0.01)" \
+  "FedCompress delta, 1% held out, no server distillation=--epochs 1 --method fedcompress(distill=false,upload=delta,val_fraction=0.01)"
