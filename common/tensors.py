@@ -55,3 +55,8 @@ def model_spec(tensors: Mapping[str, torch.Tensor | np.ndarray]) -> dict[str, Te
 def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's floating-point state-dict entries, detached: what travels on the wire."""
     return {k: v.detach() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def copy_float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``float_state`` as copies that later training or loading of ``model`` leaves alone."""
+    return {k: v.clone() for k, v in float_state(model).items()}

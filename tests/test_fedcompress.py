@@ -22,7 +22,7 @@ from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
 from fedsqueeze.server.strategies import StrategySettings
 from fedsqueeze.server.strategies.fedcompress import FedCompress, KSchedule
-from fedsqueeze.tensors import float_state, model_spec
+from fedsqueeze.tensors import copy_float_state, float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import encode_model, expect_all, receive_model
 
@@ -169,7 +169,7 @@ def test_delta_uploads_keep_steps_smaller_than_the_centroid_gaps(tmp_path: Path)
             accumulator.add(update, 10)
             strategy.aggregate(round_number, accumulator, {})
             assert set(distinct_values(strategy.model).values()) == {4}
-            served.append({n: t.clone() for n, t in float_state(strategy.model).items()})
+            served.append(copy_float_state(strategy.model))
             if state_dir:
                 strategy.state_dict()   # as each checkpoint does
         return strategy, served

@@ -23,7 +23,7 @@ from fedsqueeze.clustering import weight_sharing
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.representation import effective_rank, embeddings_of
-from fedsqueeze.tensors import float_state
+from fedsqueeze.tensors import copy_float_state, float_state
 from fedsqueeze.v1 import federation_pb2 as pb
 
 
@@ -60,7 +60,9 @@ class FedCompressTrainer(Trainer):
         accuracy, loss = evaluate(self.model, validation)
         metrics.update(val_accuracy=accuracy, val_loss=loss,
                        score=effective_rank(embeddings_of(self.model, validation)))
-        trained = float_state(self.model)
-        update = {n: trained[n] - start[n] for n in start} if sends_delta else \
-            {n: v.clone() for n, v in trained.items()}
+        if sends_delta:
+            trained = float_state(self.model)
+            update = {n: trained[n] - start[n] for n in start}
+        else:
+            update = copy_float_state(self.model)
         return TrainResult(update, len(train), metrics)

@@ -53,7 +53,7 @@ from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened
 from fedsqueeze.server.storage import write_atomic
 from fedsqueeze.server.strategies.base import ClientPlan, Strategy, StrategySettings
-from fedsqueeze.tensors import float_state
+from fedsqueeze.tensors import copy_float_state, float_state
 from fedsqueeze.wire import ExpectedTensor, encode_model, expect_all
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class FedCompress(Strategy):
         self._plans: dict[str, str] = {}
         # upload=delta: the float32 teacher the clients' deltas add to (the served model is its clustered student)
         self.teacher: dict[str, torch.Tensor] | None = \
-            {n: t.clone() for n, t in float_state(model).items()} if deltas else None
+            copy_float_state(model) if deltas else None
         self._round = 0
         cluster_model_(self.model, self.schedule.k, settings.seed)   # the first download is clustered too
 
@@ -168,7 +168,7 @@ class FedCompress(Strategy):
             self.teacher = torch.load(path, weights_only=True)
         else:   # a checkpoint of upload=model, or one whose teacher is gone: start again from the served model
             log.warning("no float32 teacher beside the checkpoint; the clustered model is the teacher from here")
-            self.teacher = {n: t.clone() for n, t in float_state(self.model).items()}
+            self.teacher = copy_float_state(self.model)
 
     def plan(self, k: int) -> str:
         """Clustered conv/linear weights, everything else (biases) dense float32."""
@@ -182,7 +182,7 @@ class FedCompress(Strategy):
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
                           uplink_codec=self._plans[profile], downlink_codec=self._plans[profile],
                           method_config={"k": k, **self.client_config},
-                          error_feedback=self.teacher is not None, sends_delta=self.teacher is not None)
+                          error_feedback=self.upload == "delta", sends_delta=self.upload == "delta")
         return {client.client_id: plan for client in clients}
 
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:
