@@ -24,6 +24,7 @@ import math
 import random
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -59,7 +60,10 @@ class Assignment:
     task_id: str
     plan: ClientPlan
     expected: dict[str, ExpectedTensor]
-    status: str = "assigned"   # assigned -> uploading -> committed; or left
+    status: str = "assigned"   # assigned -> uploading -> committed; or left (changed by OpenRound.move only)
+
+
+OUTSTANDING = ("assigned", "uploading")
 
 
 @dataclass
@@ -79,9 +83,22 @@ class OpenRound:
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weight: float = 0.0
     by_task: dict[str, Assignment] = field(init=False)
+    by_status: Counter[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.by_task = {a.task_id: a for a in self.assignments.values()}
+        self.by_status = Counter(a.status for a in self.assignments.values())
+
+    def move(self, assignment: Assignment, status: str) -> None:
+        """Set an assignment's status and keep the per-status counts, so settling a round is O(1) per event."""
+        self.by_status[assignment.status] -= 1
+        self.by_status[status] += 1
+        assignment.status = status
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks still expected to bring an update: handed out or uploading."""
+        return sum(self.by_status[s] for s in OUTSTANDING)
 
 
 @dataclass
@@ -101,7 +118,7 @@ class Upload:
     def release(self) -> None:
         """Give the task back if the stream failed before it committed."""
         if self.assignment.status == "uploading":
-            self.assignment.status = "assigned"
+            self.round.move(self.assignment, "assigned")
 
 
 class Coordinator:
@@ -277,7 +294,7 @@ class Coordinator:
         if rnd is not None and rnd.is_open:
             assignment = rnd.assignments.get(info.client_id)
             if assignment is not None and assignment.status != "committed":
-                assignment.status = "left"
+                rnd.move(assignment, "left")
                 self._close_if_settled(rnd)
         self._notify()
 
@@ -347,7 +364,7 @@ class Coordinator:
         bad = [k for k, v in header.metrics.items() if not math.isfinite(v) or len(k) > 64]
         if bad:
             raise PayloadError(f"metrics {sorted(bad)[:5]} have non-finite values or names over 64 characters")
-        assignment.status = "uploading"
+        rnd.move(assignment, "uploading")
         return Upload(rnd, assignment, client, header)
 
     async def commit(self, upload: Upload, encoded: list[EncodedTensor]) -> pb.SubmitReply:
@@ -366,7 +383,7 @@ class Coordinator:
                               dict(header.metrics), sizes)
         folded = asyncio.get_running_loop().run_in_executor(self._folding, self.strategy.accumulate,
                                                             rnd.accumulator, update)
-        assignment.status = "committed"
+        rnd.move(assignment, "committed")
         upload.client.updates_committed += 1
         rnd.committed += 1
         self.metrics.updates.inc()
@@ -415,8 +432,7 @@ class Coordinator:
 
     def _close_if_settled(self, rnd: OpenRound) -> None:
         quorum = max(1, math.ceil(self.config.quorum * len(rnd.assignments)))
-        outstanding = sum(a.status in ("assigned", "uploading") for a in rnd.assignments.values())
-        if rnd.committed >= quorum or outstanding == 0:
+        if rnd.committed >= quorum or rnd.outstanding == 0:
             rnd.closed.set()
 
     # ------------------------------------------------------------ operator view

@@ -12,7 +12,7 @@ import torch
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.aggregation import WeightedSum
-from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.coordinator import Coordinator, Upload
 from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.strategies import ClientUpdate, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
@@ -75,3 +75,49 @@ def test_aggregation_includes_every_fold_still_running_when_the_round_closes() -
         torch.testing.assert_close(value, before[name] + expected_mean)
     assert strategy.fold_threads == {strategy.aggregate_thread}
     assert strategy.aggregate_thread.startswith("fold")
+
+
+def test_a_round_settles_when_its_last_outstanding_task_commits_or_leaves() -> None:
+    """Leaves, aborted uploads and commits in any mix: the round closes exactly when nothing is outstanding."""
+    spec = make_model_spec("mlp(hidden=8)", (1, 28, 28), 10)
+    settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1), "dense", "dense")
+    strategy = FedAvg(build_model(spec, seed=0), settings)
+    coordinator = Coordinator(ServerConfig(rounds=1, min_clients=4, linger=0.0), strategy, spec,
+                              lambda model: (0.0, 0.0), ByteMeter())
+    zeros = {name: np.zeros(value.shape, np.float32) for name, value in strategy.model.state_dict().items()}
+
+    async def scenario() -> list[tuple[int, bool]]:
+        sessions = {f"c{i}": coordinator.join(pb.JoinRequest(client_id=f"c{i}")).session_id for i in range(4)}
+        loop = asyncio.create_task(coordinator.run())
+        tasks = {name: (await coordinator.next_task(session, 30.0)).train for name, session in sessions.items()}
+        rnd = coordinator.current
+        expected = rnd.assignments["c0"].expected
+        seen = []
+
+        def upload(name: str) -> Upload:
+            return coordinator.begin_upload(pb.UpdateHeader(session_id=sessions[name], task_id=tasks[name].task_id,
+                                                            round=1, num_examples=5))
+
+        def settled() -> None:
+            seen.append((rnd.outstanding, rnd.closed.is_set()))
+
+        upload("c0").release()                 # stream failed: the task is given back, still outstanding
+        settled()
+        coordinator.leave(sessions["c1"], "shutting down")
+        settled()
+        await coordinator.commit(upload("c0"), encode_model(zeros, expected).tensors)
+        settled()
+        late = upload("c2")
+        coordinator.leave(sessions["c2"], "left mid-upload")   # its stream still completes and counts
+        settled()
+        await coordinator.commit(late, encode_model(zeros, expected).tensors)
+        settled()
+        coordinator.leave(sessions["c3"], "gone")
+        settled()
+        await asyncio.wait_for(loop, 60)
+        assert rnd.outstanding == sum(a.status in ("assigned", "uploading") for a in rnd.assignments.values())
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen == [(4, False), (3, False), (2, False), (1, False), (1, False), (0, True)]
+    assert coordinator.history[0].updates == 2
