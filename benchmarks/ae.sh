@@ -20,3 +20,7 @@ for part in ${@:-iid dirichlet}; do
     *) echo "unknown partition $part (iid or dirichlet)" >&2; exit 2 ;;
   esac
 done
+# Control for the Flower table's AE row (10 rounds, 1 epoch, seed 0): its 0.5% top-k correction and clustered
+# downlink on plain FedAvg, with neither autoencoder nor warm-up (about 5 min).
+.venv/bin/python benchmarks/compare.py --name ae_correction_only --clients 10 --rounds 10 --partition iid --seed 0 -- \
+  "FedAvg, 0.5% top-k up, 16 clusters down=--epochs 1 --uplink sparse(ratio=0.005)|dense(dtype=float16)|zstd --downlink cluster(k=16)|zstd"
