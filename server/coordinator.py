@@ -77,7 +77,6 @@ class OpenRound:
     accumulator: WeightedSum
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     is_open: bool = True
-    committed: int = 0
     dense_up: int = 0
     dense_down: int = 0
     metric_sums: dict[str, float] = field(default_factory=dict)
@@ -94,6 +93,11 @@ class OpenRound:
         self.by_status[assignment.status] -= 1
         self.by_status[status] += 1
         assignment.status = status
+
+    @property
+    def committed(self) -> int:
+        """Updates committed in this round attempt."""
+        return self.by_status["committed"]
 
     @property
     def outstanding(self) -> int:
@@ -385,7 +389,6 @@ class Coordinator:
                                                             rnd.accumulator, update)
         rnd.move(assignment, "committed")
         upload.client.updates_committed += 1
-        rnd.committed += 1
         self.metrics.updates.inc()
         self.metrics.update_seconds.observe(time.monotonic() - upload.started)
         rnd.dense_up += self._model_float32_bytes
