@@ -215,8 +215,8 @@ def main() -> int:
     settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
-    plot_systems(results, RESULTS / f"{args.name}.png", f"{args.clients} clients, {args.rounds} rounds, "
-                 f"{args.data}, {limits.describe()}")
+    plot_systems(results, RESULTS / f"{args.name}.png", f"{args.model}, {args.clients} clients, "
+                 f"{args.rounds} rounds, {args.data}, {limits.describe()}")
     return 0
 
 
