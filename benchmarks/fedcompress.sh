@@ -47,3 +47,19 @@ for seed in 0 1 2; do
   .venv/bin/python benchmarks/compare.py --name "fc_k10_seed$seed" --clients 10 --rounds 10 --partition iid \
     --seed "$seed" -- "FedCompress delta K10=--epochs 1 --method fedcompress(kd_epochs=2,upload=delta,k0=10)"
 done
+# Where do the points go? FedAvg (no holdout, no distillation) with the clustered codec on one direction only:
+# downlink only = training from an 8-value model; uplink only = clustered deltas with error feedback. Three seeds,
+# about 6 min per run; lossless FedAvg is reused for seeds 1 and 2 (fc_val_seed*). Both ways: fc_latent (seed 0)
+# and fc_where_seed1, which ran it too.
+for seed in 0 1 2; do
+  .venv/bin/python benchmarks/compare.py --name "fc_where_seed$seed" --clients 10 --rounds 10 --partition iid \
+    --seed "$seed" -- \
+    "FedAvg=--epochs 1" \
+    "FedAvg cluster8 ans down only=--epochs 1 --downlink cluster(k=8)|ans" \
+    "FedAvg cluster8 ans up only=--epochs 1 --uplink cluster(k=8)|ans"
+done
+# The downlink is where the points go, so: the served model at K = 16 (k0=16) and the uplink deltas still at 8.
+for seed in 0 1 2; do
+  .venv/bin/python benchmarks/compare.py --name "fc_k16d8_seed$seed" --clients 10 --rounds 10 --partition iid \
+    --seed "$seed" -- "FedCompress delta K16 up8=--epochs 1 --method fedcompress(kd_epochs=2,k0=16,delta_k=8)"
+done

@@ -19,6 +19,7 @@ from fedsqueeze.data.ood import load_ood
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.representation import effective_rank
 from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
 from fedsqueeze.server.strategies import StrategySettings
 from fedsqueeze.server.strategies.fedcompress import FedCompress, KSchedule
@@ -150,6 +151,19 @@ def test_the_strategy_distils_the_clients_average_into_a_k_valued_global_model()
     with pytest.raises(ValueError, match="upload must be delta or model"):
         FedCompress(build_model(spec), small_settings(upload="weights"))
 
+
+def test_delta_k_fixes_the_uplink_clusters_and_leaves_the_served_model_at_the_schedules_k() -> None:
+    strategy = FedCompress(build_model(small_settings().model_spec, seed=0), small_settings(k0=12, delta_k=8))
+    plan = strategy.configure(1, [ClientInfo("c1", pb.Capabilities(), "session")])["c1"]
+    assert "k=8," in plan.uplink_codec and "k=12," in plan.downlink_codec
+    assert "k=8," in strategy.expected_update(plan)["head.weight"].codec.spec   # what the server will accept
+    assert set(distinct_values(strategy.model).values()) == {12}
+    default = FedCompress(build_model(small_settings().model_spec, seed=0), small_settings(k0=12))
+    default_plan = default.configure(1, [ClientInfo("c1", pb.Capabilities(), "session")])["c1"]
+    assert default_plan.uplink_codec == default_plan.downlink_codec
+    for bad in ({"delta_k": 0}, {"delta_k": 300}, {"delta_k": 8, "upload": "model"}):
+        with pytest.raises(ValueError, match="delta_k"):
+            FedCompress(build_model(small_settings().model_spec), small_settings(**bad))
 
 def test_delta_uploads_keep_steps_smaller_than_the_centroid_gaps(tmp_path: Path) -> None:
     """upload=delta: a step too small to move any weight to another centroid still accumulates in the float32

@@ -23,8 +23,10 @@ What travels up (``upload``):
 
 Method parameters (``--method "fedcompress(k0=8,kd_epochs=2)"``):
 k0 (8), k_max (30), window (3), patience (4), acc_tol (0.01), score_tol (0.1)
-for the schedule; upload ("delta" or "model"), cluster_epochs (0 with delta,
-1 with model: weight sharing would cluster away the delta's small steps),
+for the schedule; upload ("delta" or "model"), delta_k (with upload=delta, a
+fixed number of clusters for the uplink deltas; the schedule's K if not
+given), cluster_epochs (0 with delta, 1 with model: weight sharing would
+cluster away the delta's small steps),
 cluster_lr (5e-4), val_fraction (0.1) for clients; distill (true), kd_epochs
 (10), kd_lr (1e-4), kd_batch (256), temperature (2.0), ood ("procedural", or a
 dataset spec other than the federation's, e.g. "mnist"), ood_samples (5000)
@@ -112,7 +114,7 @@ class KSchedule:
 class FedCompress(Strategy):
     name = "fedcompress"
     params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "upload", "cluster_epochs",
-                        "cluster_lr", "val_fraction", "entropy"}) | Distillation.params("ood")
+                        "cluster_lr", "val_fraction", "entropy", "delta_k"}) | Distillation.params("ood")
     TEACHERS_KEPT = 2   # the checkpoint being written and the one before it, which a crash falls back to
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
@@ -125,6 +127,10 @@ class FedCompress(Strategy):
         if self.upload not in ("delta", "model"):
             raise ValueError(f"fedcompress: upload must be delta or model, not {self.upload!r}")
         deltas = self.upload == "delta"
+        self.delta_k = int(p["delta_k"]) if "delta_k" in p else None
+        if self.delta_k is not None and not (deltas and 1 <= self.delta_k <= 256):
+            raise ValueError(f"fedcompress: delta_k must be in 1..256 and needs upload=delta, "
+                             f"got delta_k={self.delta_k}, upload={self.upload}")
         self.client_config = {"upload": self.upload, "cluster_epochs": int(p.get("cluster_epochs", 0 if deltas else 1)),
                               "cluster_lr": float(p.get("cluster_lr", 5e-4)),
                               "val_fraction": float(p.get("val_fraction", 0.1))}
@@ -179,8 +185,9 @@ class FedCompress(Strategy):
         k = self.schedule.k
         profile = f"k={k}"
         self._plans[profile] = get_plan(self.plan(k)).spec
+        uplink = get_plan(self.plan(self.delta_k)).spec if self.delta_k else self._plans[profile]
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
-                          uplink_codec=self._plans[profile], downlink_codec=self._plans[profile],
+                          uplink_codec=uplink, downlink_codec=self._plans[profile],
                           method_config={"k": k, **self.client_config},
                           error_feedback=self.upload == "delta", sends_delta=self.upload == "delta")
         return {client.client_id: plan for client in clients}
