@@ -10,12 +10,13 @@ slow_rounds=${2:-3}
 bash benchmarks/flower/setup.sh
 task=(--clients 10 --epochs 1 --data fashion-mnist --partition iid)
 .venv/bin/python benchmarks/flower_compare.py --name flower_fast --rounds "$rounds" "${task[@]}"
+slow_rows=flower,fedavg,fedcompress,ae,reft   # the rows the recorded slow-link tables ran
 .venv/bin/python benchmarks/flower_compare.py --name flower_slow --rounds "$slow_rounds" "${task[@]}" \
-  --up-kbit 1000 --down-kbit 5000
+  --rows "$slow_rows" --up-kbit 1000 --down-kbit 5000
 # Slow links where bytes, not the 2 shared cores, bound the round: a 1.86 M-parameter MLP trains in 2 s per
 # client-epoch (the CNN in 6.5 s) and its float32 update takes 60 s on the 1 Mbit/s uplink.
 .venv/bin/python benchmarks/flower_compare.py --name flower_slow_mlp --rounds "$slow_rounds" "${task[@]}" \
-  --model "mlp(hidden=1024)" --up-kbit 1000 --down-kbit 5000
+  --rows "$slow_rows" --model "mlp(hidden=1024)" --up-kbit 1000 --down-kbit 5000
 .venv/bin/python benchmarks/scale.py
 .venv/bin/python benchmarks/scale.py --clients 10 1000 --chunk-bytes 1048576 --name scale_1m
 .venv/bin/python benchmarks/scale.py --clients 10 1000 --chunk-bytes 65536 --name scale_64k
