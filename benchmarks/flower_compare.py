@@ -91,8 +91,10 @@ def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tupl
                     lab.server_address(i, PORT), "--client-id", f"client-{i}", "--index", str(i), *task]
                    for i in range(args.clients)]
         return server, clients
+    # Every client's upload is read at once (the default of 8 would make 2 of 10 wait a whole upload on slow links).
     server_config = ServerConfig(listen=f"0.0.0.0:{PORT}", insecure=True, model=args.model, method=row.method,
-                                 rounds=args.rounds, min_clients=args.clients, epochs=args.epochs, out=str(out),
+                                 rounds=args.rounds, min_clients=args.clients, concurrent_uploads=args.clients,
+                                 epochs=args.epochs, out=str(out),
                                  downlink=row.downlink, log_level="WARNING", **common)
     server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
     clients = []
