@@ -95,14 +95,14 @@ def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tupl
     server_config = ServerConfig(listen=f"0.0.0.0:{PORT}", insecure=True, model=args.model, method=row.method,
                                  rounds=args.rounds, min_clients=args.clients, concurrent_uploads=args.clients,
                                  epochs=args.epochs, out=str(out),
-                                 downlink=row.downlink, log_level="WARNING", **common)
+                                 downlink=row.downlink, log_level=args.log_level, **common)
     server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
     clients = []
     for i in range(args.clients):
         client_config = ClientConfig(server=lab.server_address(i, PORT), insecure=True, client_id=f"client-{i}",
                                      partition=args.partition, num_partitions=args.clients, partition_index=i,
                                      threads=1, compute_budget=row.budgets[i % len(row.budgets)],
-                                     log_level="WARNING", **common)
+                                     log_level=args.log_level, **common)
         clients.append([*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze", "client",
                         *config_flags(client_config)])
     return server, clients
@@ -197,6 +197,8 @@ def main() -> int:
     parser.add_argument("--up-kbit", type=int, help="each client's uplink rate (tbf); unlimited if not given")
     parser.add_argument("--down-kbit", type=int, help="each client's downlink rate (tbf)")
     parser.add_argument("--timeout", type=float, default=7200, help="seconds one row may take")
+    parser.add_argument("--logs", type=Path, help="keep each row's logs and report in this folder (INFO logs: "
+                        "the clients' download/training/encoding/upload seconds, the server's aggregation)")
     args = parser.parse_args()
     reason = why_unavailable()
     if reason:
@@ -206,11 +208,12 @@ def main() -> int:
         raise SystemExit("no Flower virtualenv: run bash benchmarks/flower/setup.sh first")
     limits = LinkLimits(args.up_kbit, args.down_kbit)
     results = []
+    args.log_level = "INFO" if args.logs else "WARNING"
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flower-") as tmp:
         for key in args.rows.split(","):
             row = ROWS[key.strip()]
             print(f"=== {row.label} ({limits.describe()})", flush=True)
-            results.append(run_row(row, args, limits, Path(tmp)))
+            results.append(run_row(row, args, limits, args.logs or Path(tmp)))
             r = results[-1]
             print(f"final accuracy {r['final_accuracy']:.4f}, up {r['bytes_up']:,} B, down {r['bytes_down']:,} B, "
                   f"{r['seconds_per_round']:.1f} s/round, server peak RSS {r['server_peak_rss'] / 2**20:.0f} MiB",
@@ -218,7 +221,7 @@ def main() -> int:
     text = table(results)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout", "logs", "log_level")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
     plot_systems(results, RESULTS / f"{args.name}.png", f"{args.model}, {args.clients} clients, "

@@ -169,16 +169,21 @@ class ClientDaemon:
         if trainer is None:
             raise FatalError(f"the server runs method {task.method!r}, which this client does not know "
                              f"(it knows {', '.join(sorted(TRAINERS))}): upgrade fedsqueeze")
-        started = time.monotonic()
+        clock = [time.monotonic()]   # stage boundaries: where a round's time goes, for operators
         downloaded = self._download(task, trainer)
+        clock.append(time.monotonic())
         hyperparameters = self._hyperparameters(task.hyperparameters)
         result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
+        clock.append(time.monotonic())
         update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)
+        clock.append(time.monotonic())
         self._submit(task, update, result.num_examples, result.metrics)
+        clock.append(time.monotonic())
         self.rounds_done += 1
-        log.info("round %d: trained on %d examples (loss %.4f), sent %d payload bytes in %.1f s",
-                 task.round, result.num_examples, result.metrics.get("train_loss", float("nan")),
-                 update.payload_size, time.monotonic() - started)
+        log.info("round %d: trained on %d examples (loss %.4f), sent %d payload bytes; download %.1f s, "
+                 "training %.1f s, encoding %.1f s, upload %.1f s", task.round, result.num_examples,
+                 result.metrics.get("train_loss", float("nan")), update.payload_size,
+                 *(b - a for a, b in zip(clock, clock[1:])))
 
     def _encode_update(self, task: pb.TrainTask, update: dict[str, torch.Tensor], metrics: dict[str, float],
                        feedback_applied: bool) -> EncodedModel:

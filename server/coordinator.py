@@ -205,6 +205,8 @@ class Coordinator:
             await self._wait_change(1.0)
 
     async def _open_round(self, number: int, attempt: int) -> OpenRound:
+        loop = asyncio.get_running_loop()
+        started = loop.time()   # the round's clock includes encoding its downloads
         available = self.clients.available()
         count = min(len(available), max(self.config.min_clients, math.ceil(self.config.fraction * len(available))))
         selected = self._rng.sample(available, count)
@@ -217,8 +219,7 @@ class Coordinator:
             client_id: Assignment(client_id, secrets.token_urlsafe(12), plan, self.strategy.expected_update(plan))
             for client_id, plan in plans.items()
         }
-        loop = asyncio.get_running_loop()
-        rnd = OpenRound(number, attempt, loop.time(), loop.time() + self.config.round_timeout,
+        rnd = OpenRound(number, attempt, started, loop.time() + self.config.round_timeout,
                         assignments, downlinks, self.strategy.new_accumulator())
         self.current = rnd
         self.phase = pb.TRAINING
@@ -241,17 +242,21 @@ class Coordinator:
         self._notify()
 
     async def _finish_round(self, rnd: OpenRound) -> None:
+        loop = asyncio.get_running_loop()
+        closed = loop.time()
         client_metrics = {k: v / rnd.metric_weight for k, v in sorted(rnd.metric_sums.items())}
-        strategy_metrics = await asyncio.get_running_loop().run_in_executor(
+        strategy_metrics = await loop.run_in_executor(
             self._folding, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
+        aggregated = loop.time()
         accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
+        evaluated = loop.time()
         traffic = self.meter.snapshot()
         spent = traffic - self._traffic_at_last_close
         self._traffic_at_last_close = traffic
         metrics = {f"client_{k}": v for k, v in client_metrics.items()}
         metrics.update(strategy_metrics)
         record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
-                             bytes_down=spent.down, seconds=asyncio.get_running_loop().time() - rnd.started,
+                             bytes_down=spent.down, seconds=loop.time() - rnd.started,
                              selected=len(rnd.assignments), updates=rnd.committed, dense_bytes_up=rnd.dense_up,
                              dense_bytes_down=rnd.dense_down, metrics=metrics)
         self.history.append(record)
@@ -262,9 +267,10 @@ class Coordinator:
             await asyncio.to_thread(self._store.save, Checkpoint(
                 rnd.number, self.strategy.model.state_dict(), self.history, traffic.up, traffic.down,
                 self.strategy.state_dict()))
-        log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates, up %d B, down %d B, %.1f s",
-                 rnd.number, accuracy, loss, rnd.committed, len(rnd.assignments), spent.up, spent.down,
-                 record.seconds)
+        log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates, up %d B, down %d B, %.1f s "
+                 "(aggregation %.1f s, evaluation %.1f s)", rnd.number, accuracy, loss, rnd.committed,
+                 len(rnd.assignments), spent.up, spent.down, record.seconds, aggregated - closed,
+                 evaluated - aggregated)
         await asyncio.to_thread(self.write_report)
 
     async def _linger(self) -> None:
