@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${1:-10}
-slow_rounds=${2:-3}
+slow_rounds=${2:-5}
 bash benchmarks/flower/setup.sh
 task=(--clients 10 --epochs 1 --data fashion-mnist --partition iid)
 .venv/bin/python benchmarks/flower_compare.py --name flower_fast --rounds "$rounds" "${task[@]}"
