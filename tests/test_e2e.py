@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -88,6 +89,10 @@ def test_client_started_before_the_server_joins_when_it_comes_up(cluster: Cluste
     assert cluster.wait("early", 30) == 0
     assert cluster.report()["rounds"][0]["updates"] == 1
     assert "joined" in cluster.log("early")
+    # Both logs say where the round's time went.
+    assert re.search(r"round 1: trained on \d+ examples .* download [\d.]+ s, training [\d.]+ s, "
+                     r"encoding [\d.]+ s, upload [\d.]+ s", cluster.log("early"))
+    assert re.search(r"round 1 done: .* \(aggregation [\d.]+ s, evaluation [\d.]+ s\)", cluster.log("server"))
 
 
 def test_sigterm_stops_a_client_cleanly(cluster: Cluster) -> None:
