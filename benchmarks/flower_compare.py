@@ -10,7 +10,7 @@ Rows: Flower FedAvg (its own venv, ``benchmarks/flower/setup.sh``), fedsqueeze F
 Root only (network namespaces).
 
     .venv/bin/python benchmarks/flower_compare.py --name flower_fmnist [--clients 10 --rounds 30 --epochs 2]
-        [--up-kbit 1000 --down-kbit 5000] [--rows flower,fedavg,...]
+        [--up-kbit 1000 --down-kbit 5000] [--rows flower,fedavg,...] [--logs DIR]
 
 Writes ``benchmarks/results/<name>.json``, ``.md`` and ``.png``.
 """
