@@ -81,7 +81,7 @@ def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 
 
 def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tuple[list[str], list[list[str]]]:
     """The server's command and each client's (inside its namespace) for one row."""
-    common = {"data": args.data, "seed": args.seed}
+    common = {"data": args.data, "seed": args.seed, "log_level": "INFO" if args.logs else "WARNING"}
     if row.method == "flower":
         task = ["--data", args.data, "--model", args.model, "--seed", str(args.seed), "--epochs", str(args.epochs),
                 "--partition", args.partition, "--partitions", str(args.clients)]
@@ -95,14 +95,14 @@ def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tupl
     server_config = ServerConfig(listen=f"0.0.0.0:{PORT}", insecure=True, model=args.model, method=row.method,
                                  rounds=args.rounds, min_clients=args.clients, concurrent_uploads=args.clients,
                                  epochs=args.epochs, out=str(out),
-                                 downlink=row.downlink, log_level=args.log_level, **common)
+                                 downlink=row.downlink, **common)
     server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
     clients = []
     for i in range(args.clients):
         client_config = ClientConfig(server=lab.server_address(i, PORT), insecure=True, client_id=f"client-{i}",
                                      partition=args.partition, num_partitions=args.clients, partition_index=i,
                                      threads=1, compute_budget=row.budgets[i % len(row.budgets)],
-                                     log_level=args.log_level, **common)
+                                     **common)
         clients.append([*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze", "client",
                         *config_flags(client_config)])
     return server, clients
@@ -210,7 +210,6 @@ def main() -> int:
         raise SystemExit("no Flower virtualenv: run bash benchmarks/flower/setup.sh first")
     limits = LinkLimits(args.up_kbit, args.down_kbit)
     results = []
-    args.log_level = "INFO" if args.logs else "WARNING"
     with tempfile.TemporaryDirectory(prefix="fedsqueeze-flower-") as tmp:
         for key in args.rows.split(","):
             row = ROWS[key.strip()]
@@ -223,7 +222,7 @@ def main() -> int:
     text = table(results)
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout", "logs", "log_level")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("name", "timeout", "logs")}
     (RESULTS / f"{args.name}.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
     plot_systems(results, RESULTS / f"{args.name}.png", f"{args.model}, {args.clients} clients, "
