@@ -7,6 +7,7 @@ RSS (``ru_maxrss`` of the reaped process: the kernel's high-water mark, nothing 
 the server and the load generator each spent per update (they share this machine's cores).
 
     .venv/bin/python benchmarks/scale.py [--clients 10 100 1000] [--rounds 3] [--uplink 'cluster(k=16)|zstd']
+                                         [--malloc-arenas 2]
 
 Writes ``benchmarks/results/scale.json`` and ``scale.md`` and prints the table.
 """
@@ -70,7 +71,7 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
         [sys.executable, "-m", "fedsqueeze", "server", "--insecure", "--listen", "127.0.0.1:0",
          "--port-file", str(port_file), "--data", "fashion-mnist", "--model", args.model,
          "--min-clients", str(clients), "--rounds", str(args.rounds), "--uplink", args.uplink,
-         "--chunk-bytes", str(args.chunk_bytes),
+         "--chunk-bytes", str(args.chunk_bytes), "--malloc-arenas", str(args.malloc_arenas),
          "--linger", "10", "--log-level", "WARNING"], stdout=server_log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         port = wait_for_port(port_file, server)
@@ -92,7 +93,8 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
 def table(levels: list[dict[str, Any]], args: argparse.Namespace) -> str:
     base_rss = levels[0]["server_peak_rss"]
     lines = [f"Model `{args.model}`, uplink `{args.uplink}`, {levels[0]['update_payload_bytes']:,} payload bytes per "
-             f"update in chunks of {args.chunk_bytes:,} B, {args.rounds} rounds per level, {os.cpu_count()} CPUs.",
+             f"update in chunks of {args.chunk_bytes:,} B, {args.rounds} rounds per level, server malloc arenas "
+             f"{args.malloc_arenas or 'glibc default'}, {os.cpu_count()} CPUs.",
              "",
              "| clients | updates | errors | updates/s | submit p50 s | submit p99 s | server peak RSS MiB "
              "| RSS vs first | server CPU ms / update | load generator CPU ms / update |",
@@ -113,6 +115,8 @@ def main() -> int:
     parser.add_argument("--model", default="mlp(hidden=1024)", help="1,863,690 parameters on Fashion-MNIST")
     parser.add_argument("--uplink", default="cluster(k=16)|zstd")
     parser.add_argument("--chunk-bytes", type=int, default=DEFAULT_CHUNK_BYTES, help="payload bytes per chunk")
+    parser.add_argument("--malloc-arenas", type=int, default=2, help="the server's glibc malloc arenas (0: glibc's "
+                        "default, 8 per core)")
     parser.add_argument("--name", default="scale", help="results/<name>.json and .md")
     args = parser.parse_args()
     levels = []
@@ -129,7 +133,7 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(
         {"model": args.model, "uplink": args.uplink, "rounds": args.rounds, "chunk_bytes": args.chunk_bytes,
-         "cpus": os.cpu_count(),
+         "malloc_arenas": args.malloc_arenas, "cpus": os.cpu_count(),
          "levels": levels}, indent=2) + "\n")
     (RESULTS / f"{args.name}.md").write_text(text)
     failed = [r["clients"] for r in levels if r["errors"] or r["server_exit"] or r["loadgen_exit"]]

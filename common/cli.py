@@ -17,6 +17,7 @@ from typing import Any
 
 from fedsqueeze.config import ClientConfig, LoadConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
 from fedsqueeze.logs import setup_logging
+from fedsqueeze.malloc_arenas import limit_malloc_arenas
 
 
 @dataclass
@@ -30,6 +31,10 @@ class OperatorConfig:
 def _server(args: argparse.Namespace) -> int:
     config = resolve(ServerConfig, args, "server")
     setup_logging(config.log_level, config.log_format)
+    try:
+        limit_malloc_arenas(config.malloc_arenas)  # before the server starts its threads
+    except ValueError as exc:
+        raise SystemExit(f"--malloc-arenas: {exc}") from None
     from fedsqueeze.server.app import serve
 
     asyncio.run(serve(config))

@@ -68,6 +68,8 @@ class ServerConfig:
     state_dir: str | None = option(None, "directory for checkpoints (model, round, history, strategy state) and "
                                    "registered decoders; a server restarted on it resumes")
     threads: int = option(0, "torch threads for aggregation and evaluation (0: torch's default)")
+    malloc_arenas: int = option(2, "glibc malloc arenas for the server process (0: glibc's default, 8 per core); "
+                                "few keep freed update buffers reusable across threads (MALLOC_ARENA_MAX wins)")
     poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
     client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")
     linger: float = option(10.0, "seconds to keep telling clients the federation finished before exiting")
