@@ -2,41 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from fedsqueeze.resources import usable_cores, usable_memory
 from fedsqueeze.v1 import federation_pb2 as pb
-
-CGROUP = Path("/sys/fs/cgroup")
-
-
-def usable_cores() -> int:
-    """Cores this process may use: affinity, capped by a cgroup v2 CPU quota (docker --cpus)."""
-    cores = len(os.sched_getaffinity(0))
-    try:
-        quota, period = (CGROUP / "cpu.max").read_text().split()
-        if quota != "max":
-            cores = min(cores, max(1, round(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
-
-
-def usable_memory() -> int:
-    """Physical memory, capped by a cgroup v2 memory limit (docker mem_limit)."""
-    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        limit = (CGROUP / "memory.max").read_text().strip()
-        if limit != "max":
-            total = min(total, int(limit))
-    except (OSError, ValueError):
-        pass
-    return total
 
 
 def measure_training_speed(seconds: float = 0.5) -> float:
