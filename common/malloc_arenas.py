@@ -1,10 +1,10 @@
 """Cap glibc's malloc arenas for a process whose threads hand buffers to each other.
 
-glibc gives a thread that finds the main heap busy an arena of its own, up to 8
-per core. The server's threads (gRPC's, the decode workers, the folding thread,
+glibc gives each new thread an arena of its own while fewer than 8 per core
+exist. The server's threads (gRPC's, the decode workers, the folding thread,
 torch's) allocate an update's transient arrays in one thread and free them in
 another, so freed blocks sit in arenas other threads do not reuse and the
-process keeps them: at 1,000 clients, 80-140 MiB of the server's peak RSS (see
+process keeps them: ~140 MiB of the server's peak RSS at 1,000 clients (see
 README, "The server at scale"). Two arenas keep the same throughput.
 
 glibc reads ``MALLOC_ARENA_MAX`` from the environment itself; ``mallopt`` is

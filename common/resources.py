@@ -1,8 +1,8 @@
 """The cores and memory this process may use: the machine's, capped by its affinity and cgroup v2 limits.
 
-Both ends size themselves with these: a client reports them to the server at
-Join (REFT sizes its sub-model by them), and the server gives update decoding
-one thread per usable core.
+Both ends use them: a client reports them to the server in its Join
+capabilities, and the server gives update decoding one thread per usable
+core.
 """
 
 from __future__ import annotations
