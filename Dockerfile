@@ -10,13 +10,15 @@ RUN apt-get update \
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY protos protos
 COPY common common
 COPY server server
 COPY client client
-RUN pip install --no-cache-dir . \
+# The same pins as scripts/setup.sh. The paths the compose volumes mount are made here, owned by the
+# unprivileged user: a named volume starts as a copy of the image's folder, ownership included.
+RUN pip install --no-cache-dir -c constraints.txt . \
  && useradd --system --create-home fedsqueeze \
- && install -d -o fedsqueeze /out
+ && install -d -o fedsqueeze -g fedsqueeze /out /state /certs
 USER fedsqueeze
 EXPOSE 50051

@@ -5,6 +5,11 @@ yet, restarts or drops calls: transient failures are retried with exponential
 backoff and jitter; an unknown session (the server restarted) means Join again.
 ``stop()`` may be called from another thread: it cancels the call in flight
 and interrupts training between batches.
+
+A client that cannot do its part (a model it cannot build, data that does not
+fit the model, a trainer that raises) tells the server with ReportFailure, so
+the round goes on without it at once, then leaves and exits with code 2 and
+one log line saying why.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import secrets
 import threading
 import time
 import zlib
+from typing import NoReturn
 
 import grpc
 import numpy as np
@@ -64,7 +70,8 @@ class ClientDaemon:
         self._trainers: dict[str, Trainer] = {}
         self._feedback = ErrorFeedback()
         self._backoff = Backoff(cap=config.max_backoff)
-        self._channel = open_channel(config.server, config.insecure, config.root_certificates, config.token_file)
+        self._channel = open_channel(config.server, config.insecure, config.root_certificates, config.token_file,
+                                     config.client_cert, config.client_key)
         self._stub = pb_grpc.FederationStub(self._channel)
 
     # ------------------------------------------------------------------ control
@@ -141,10 +148,13 @@ class ClientDaemon:
         log.info("joined %s as %s", self.config.server, self.client_id)
 
     def _set_model(self, spec: pb.ModelSpec) -> None:
-        model = build_model(spec)
-        expected_shape = tuple(json.loads(spec.config_json)["input_shape"])
+        try:
+            model = build_model(spec)
+            expected_shape = tuple(json.loads(spec.config_json)["input_shape"])
+        except Exception as exc:   # whatever a model builder raises, this client cannot take part
+            self._fail(None, f"cannot build the federation's model {spec.name!r}: {type(exc).__name__}: {exc}")
         if self.data.input_shape != expected_shape:
-            raise FatalError(f"this client's data has input shape {self.data.input_shape}, the federation's "
+            self._fail(None, f"this client's data has input shape {self.data.input_shape}, the federation's "
                              f"model expects {expected_shape}: check --data")
         self._model_spec = spec
         self._trainers = {name: cls(model, self.data, seed=zlib.crc32(self.client_id.encode()))
@@ -164,19 +174,34 @@ class ClientDaemon:
         finally:
             self._inflight = None
 
+    def _fail(self, task: pb.TrainTask | None, reason: str) -> NoReturn:
+        """Tell the server this client cannot do ``task`` (or any task), then stop for good (FatalError)."""
+        reason = " ".join(reason.split())[:500]   # one line
+        request = pb.FailureReport(session_id=self._session, task_id=task.task_id if task else "", reason=reason)
+        try:
+            self._stub.ReportFailure(request, timeout=UNARY_TIMEOUT)
+        except grpc.RpcError as exc:
+            log.warning("could not report the failure to the server (%s: %s)", exc.code().name, exc.details())
+        raise FatalError(reason)
+
     def _run_task(self, task: pb.TrainTask) -> None:
         trainer = self._trainers.get(task.method)
         if trainer is None:
-            raise FatalError(f"the server runs method {task.method!r}, which this client does not know "
+            self._fail(task, f"the server runs method {task.method!r}, which this client does not know "
                              f"(it knows {', '.join(sorted(TRAINERS))}): upgrade fedsqueeze")
         clock = [time.monotonic()]   # stage boundaries: where a round's time goes, for operators
-        downloaded = self._download(task, trainer)
-        clock.append(time.monotonic())
-        hyperparameters = self._hyperparameters(task.hyperparameters)
-        result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
-        clock.append(time.monotonic())
-        update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)
-        clock.append(time.monotonic())
+        try:
+            downloaded = self._download(task, trainer)
+            clock.append(time.monotonic())
+            hyperparameters = self._hyperparameters(task.hyperparameters)
+            result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
+            clock.append(time.monotonic())
+            update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)
+            clock.append(time.monotonic())
+        except (grpc.RpcError, Stopped):
+            raise
+        except Exception as exc:   # the task cannot be done here: say so rather than leave the round waiting
+            self._fail(task, f"round {task.round}: {task.method} task failed: {type(exc).__name__}: {exc}")
         self._submit(task, update, result.num_examples, result.metrics)
         clock.append(time.monotonic())
         self.rounds_done += 1

@@ -5,8 +5,9 @@ trust), ``ca.key``, ``server.pem``/``server.key`` (valid for the given host
 names and IP addresses), and per client (``operator`` always among them, for
 ``fedsqueeze status``) an enrolment token ``<name>.token`` plus a client
 certificate ``<name>.pem``/``<name>.key`` whose common name is its id, for
-deployments that also terminate mutual TLS in front of the server. The
-server's ``tokens.json`` holds only the tokens' hashes. For development and the
+servers run with ``--require-client-certs --client-ca ca.pem`` (mutual TLS).
+The server's ``tokens.json`` holds only the tokens' hashes, with an expiry
+when ``token_days`` is given. For development and the
 compose cluster; a real fleet has its own PKI and enrolment.
 """
 
@@ -51,8 +52,10 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(names)
 
 
-def make_certificates(out: Path, hosts: Sequence[str], clients: Sequence[str], days: int = 365) -> list[Path]:
-    """Write a CA, a server certificate for ``hosts`` and one client certificate per name; return the paths."""
+def make_certificates(out: Path, hosts: Sequence[str], clients: Sequence[str], days: int = 365,
+                      token_days: float = 0) -> list[Path]:
+    """Write a CA, a server certificate for ``hosts`` and one client certificate and token per name; return the
+    paths. Tokens expire after ``token_days`` (0: never)."""
     if not hosts:
         raise ValueError("give at least one server host name or address")
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,8 @@ def make_certificates(out: Path, hosts: Sequence[str], clients: Sequence[str], d
         written.extend([out / f"{file_stem}.pem", out / f"{file_stem}.key"])
 
     issue("server", hosts[0], ExtendedKeyUsageOID.SERVER_AUTH, _san(hosts))
-    digests = {}
+    digests: dict[str, str | dict[str, str]] = {}
+    expires = (now + datetime.timedelta(days=token_days)).isoformat() if token_days > 0 else None
     for client in dict.fromkeys([*clients, OPERATOR]):
         if not client or "/" in client or client in ("ca", "server", "tokens"):
             raise ValueError(f"bad client name {client!r}")
@@ -93,7 +97,7 @@ def make_certificates(out: Path, hosts: Sequence[str], clients: Sequence[str], d
         token = new_token()
         (out / f"{client}.token").write_text(token + "\n")
         os.chmod(out / f"{client}.token", 0o600)
-        digests[client] = token_hash(token)
+        digests[client] = {"sha256": token_hash(token), "expires": expires} if expires else token_hash(token)
         written.append(out / f"{client}.token")
     (out / "tokens.json").write_text(json.dumps(digests, indent=2) + "\n")
     written.append(out / "tokens.json")

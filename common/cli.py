@@ -26,6 +26,8 @@ class OperatorConfig:
     insecure: bool = option(False, "plaintext gRPC instead of TLS")
     root_certificates: str | None = option(None, "PEM CA bundle that signs the server's certificate")
     token_file: str | None = option(None, "file holding the operator's enrolment token (servers with --tokens)")
+    client_cert: str | None = option(None, "PEM client certificate (servers with --require-client-certs)")
+    client_key: str | None = option(None, "PEM private key of --client-cert")
 
 
 def _server(args: argparse.Namespace) -> int:
@@ -72,7 +74,8 @@ def _ask_server(args: argparse.Namespace, call: Callable[[Any], Any]) -> Any:
     from fedsqueeze.transport import open_channel
 
     config = resolve(OperatorConfig, args, "operator")
-    with open_channel(config.server, config.insecure, config.root_certificates, config.token_file) as channel:
+    with open_channel(config.server, config.insecure, config.root_certificates, config.token_file,
+                      config.client_cert, config.client_key) as channel:
         try:
             return call(channel)
         except grpc.RpcError as exc:
@@ -127,7 +130,7 @@ def _certs(args: argparse.Namespace) -> int:
         return 0
     hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
     clients = [c.strip() for c in args.clients.split(",") if c.strip()]
-    written = make_certificates(Path(args.out), hosts, clients, args.days)
+    written = make_certificates(Path(args.out), hosts, clients, args.days, args.token_days)
     print(f"wrote {len(written)} files to {args.out}: ca.pem, server.pem/.key for {', '.join(hosts)}; "
           f"tokens.json for the server; a .token (and .pem/.key) per client: {', '.join(clients + ['operator'])}")
     return 0
@@ -166,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated host names and IP addresses the server certificate is valid for")
     certs.add_argument("--clients", default="", help="comma-separated client ids to enrol")
     certs.add_argument("--days", type=int, default=365, help="validity in days")
+    certs.add_argument("--token-days", type=float, default=0,
+                       help="enrolment tokens expire after this many days (0: never)")
     certs.add_argument("--keep-existing", action="store_true",
                        help="do nothing when the folder already holds a CA and tokens (for start-up scripts)")
     certs.set_defaults(run=_certs)

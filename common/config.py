@@ -21,6 +21,7 @@ from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
 ENV_PREFIX = "FEDSQUEEZE_"
 # Lossless by default: float32 byte planes through zstd cost 15-24% fewer bytes than raw float32 for a few ms.
 LOSSLESS_CODEC = "dense(shuffle=true)|zstd"
+OPTIMIZERS = ("sgd", "adam")   # what the client trainers build from Hyperparameters.optimizer
 
 
 def option(default: Any, help: str) -> Any:
@@ -34,6 +35,10 @@ class ServerConfig:
     insecure: bool = option(False, "serve plaintext gRPC instead of TLS; says so loudly")
     tls_cert: str | None = option(None, "PEM certificate chain of the server (TLS)")
     tls_key: str | None = option(None, "PEM private key of the server (TLS)")
+    client_ca: str | None = option(None, "PEM CA bundle that signs client certificates (with "
+                                   "--require-client-certs; fedsqueeze certs writes ca.pem)")
+    require_client_certs: bool = option(False, "mutual TLS: refuse connections without a client certificate "
+                                        "signed by --client-ca; with --tokens its common name must be the token's")
     metrics_listen: str | None = option(None, "host:port to serve Prometheus metrics on (/metrics), e.g. "
                                         "0.0.0.0:9464; off when not given")
     tokens: str | None = option(None, "JSON file of enrolled clients {client id: sha256 of its token}: every call "
@@ -53,6 +58,15 @@ class ServerConfig:
     joins_per_minute: int = option(30, "most Joins one client id may make per minute")
     concurrent_uploads: int = option(8, "update streams read and decoded at once; more wait their turn (server "
                                      "memory grows with this, not with the clients connected)")
+    upload_stall_seconds: float = option(30.0, "an upload that sends nothing for this long, or that moves less "
+                                         "than --min-upload-rate after it, loses its turn and its task "
+                                         "(DEADLINE_EXCEEDED)")
+    min_upload_rate: float = option(1024.0, "bytes per second an upload must average once it has held its turn "
+                                    "for --upload-stall-seconds")
+    max_examples: int = option(100_000, "largest example count an update is weighted by; a client claiming more "
+                               "is weighted as this many, so one client cannot outweigh the rest")
+    max_client_plans: int = option(8, "distinct codec plans clients may ask for at Join (each distinct downlink "
+                                   "costs one encoded model per round); a Join bringing one more is refused")
     epochs: int = option(1, "local epochs per round")
     batch_size: int = option(32, "local batch size")
     lr: float = option(0.05, "local learning rate")
@@ -85,6 +99,8 @@ class ClientConfig:
     insecure: bool = option(False, "plaintext gRPC instead of TLS; says so loudly")
     root_certificates: str | None = option(None, "PEM CA bundle that signs the server's certificate")
     token_file: str | None = option(None, "file holding this client's enrolment token (servers with --tokens)")
+    client_cert: str | None = option(None, "PEM client certificate, for servers with --require-client-certs")
+    client_key: str | None = option(None, "PEM private key of --client-cert")
     client_id: str | None = option(None, "stable id of this device (default: the host name)")
     data: str = option("fashion-mnist", "dataset spec; the client trains on its partition of the train split")
     partition: str = option("iid", "partition scheme: iid or dirichlet(alpha=A)")

@@ -4,6 +4,8 @@ The transport maps them to status codes (``fedsqueeze.server.servicer``); the
 rest of the code raises them with a message a person can act on.
 """
 
+from fedsqueeze.text import shown
+
 
 class FedsqueezeError(Exception):
     """Base of the errors below."""
@@ -16,7 +18,7 @@ class PayloadError(FedsqueezeError, ValueError):
     """
 
     def __init__(self, message: str, tensor: str | None = None) -> None:
-        super().__init__(f"tensor {tensor!r}: {message}" if tensor else message)
+        super().__init__(f"tensor {shown(tensor)}: {message}" if tensor else message)
         self.tensor = tensor
 
 
@@ -42,3 +44,7 @@ class SessionError(FedsqueezeError):
 
 class ConflictError(FedsqueezeError):
     """Another upload for the same task is in progress (ABORTED)."""
+
+
+class StallError(FedsqueezeError):
+    """An upload stopped making progress: it lost its turn and its task (DEADLINE_EXCEEDED)."""

@@ -6,5 +6,6 @@
 # its upload turn makes the server hold one whole chunk per waiting stream, so the default stays moderate.
 DEFAULT_CHUNK_BYTES = 256 << 10
 MAX_CHUNK_BYTES = 4 << 20       # protocol limit on Chunk.data
+MIN_CHUNK_BYTES = 1 << 10       # every Chunk.data but a tensor's last: bounds a stream's message count
 # gRPC's own cap on one message: a full Chunk plus room for its header fields.
 MAX_MESSAGE_BYTES = MAX_CHUNK_BYTES + (64 << 10)

@@ -60,6 +60,13 @@ def _wait_for_port(port_file: Path, server: subprocess.Popen[bytes]) -> int:
     raise RuntimeError(f"the server did not start serving within {STARTUP_TIMEOUT:.0f} s")
 
 
+def last_error(log_path: Path) -> str:
+    """The last ERROR line of a process's text log (its one-line reason for exiting), or its last line."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if " ERROR " in line or line.startswith("SystemExit")]
+    return (errors or lines or ["(empty log)"])[-1][:500]
+
+
 def _round_line(r: dict[str, Any]) -> str:
     return (f"round {r['round']:>3}: accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  "
             f"up {r['bytes_up'] / 1e6:8.3f} MB  down {r['bytes_down'] / 1e6:8.3f} MB  "
@@ -67,11 +74,15 @@ def _round_line(r: dict[str, Any]) -> str:
 
 
 def _follow(target: str, server: subprocess.Popen[bytes], clients: list[subprocess.Popen[bytes]],
-            config: SimulateConfig, console: Console) -> int:
-    """Show progress until the server exits (stop it if every client has died); return rounds shown."""
+            config: SimulateConfig, console: Console, logs: Path) -> tuple[int, list[str]]:
+    """Show progress until the server exits (stop it if every client has died).
+
+    Returns the rounds shown and one line per client that exited with an error (printed as it happens).
+    """
     columns = (TextColumn("round {task.completed}/{task.total}"), BarColumn(), TextColumn("{task.fields[info]}"),
                TimeElapsedColumn())
     shown = 0
+    failures: dict[int, str] = {}
     clients_gone_since: float | None = None
     with grpc.insecure_channel(target) as channel, Progress(*columns, console=console) as progress:
         stub = pb_grpc.OperatorStub(channel)
@@ -88,13 +99,17 @@ def _follow(target: str, server: subprocess.Popen[bytes], clients: list[subproce
             state = pb.FederationState.Name(status.state).lower().replace("_", " ")
             progress.update(bar, completed=shown, info=f"{state}, {status.connected_clients} clients, "
                             f"up {status.bytes_up / 1e6:.2f} MB, down {status.bytes_down / 1e6:.2f} MB")
+            for i, c in enumerate(clients):
+                if c.poll() not in (None, 0) and i not in failures:
+                    failures[i] = f"client-{i} exited with code {c.returncode}: {last_error(logs / f'client-{i}.log')}"
+                    progress.console.print(f"[red]{failures[i]}[/red]")
             if all(c.poll() is not None for c in clients):
                 clients_gone_since = clients_gone_since or time.monotonic()
                 if time.monotonic() - clients_gone_since > config.linger + 15:
                     console.print("[red]every client has exited; stopping the server[/red]")
                     server.terminate()
             time.sleep(0.5)
-    return shown
+    return shown, [failures[i] for i in sorted(failures)]
 
 
 def _stop_all(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
@@ -133,7 +148,7 @@ def simulate(config: SimulateConfig) -> int:
     host = config.listen.rsplit(":", 1)[0].strip("[]")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     processes: list[subprocess.Popen[bytes]] = []
-    shown = 0
+    shown, failures = 0, []
     try:
         server = _spawn("server", server_config, logs / "server.log")
         processes.append(server)
@@ -150,10 +165,10 @@ def simulate(config: SimulateConfig) -> int:
                 threads=config.client_threads, chunk_bytes=config.chunk_bytes, log_level=config.log_level)
             clients.append(_spawn("client", client_config, logs / f"client-{i}.log"))
         processes += clients
-        shown = _follow(target, server, clients, config, console)
+        shown, failures = _follow(target, server, clients, config, console, logs)
         _stop_all(clients, grace=30)
     except RuntimeError as exc:
-        console.print(f"[red]{exc}[/red]; see {logs / 'server.log'}")
+        console.print(f"[red]{exc}: {last_error(logs / 'server.log')}[/red]; see {logs / 'server.log'}")
         return 1
     finally:
         _stop_all(processes, grace=10)
@@ -173,4 +188,6 @@ def simulate(config: SimulateConfig) -> int:
                       f"bytes up {up:,} ({report['dense_bytes_up'] / up:.2f}x below float32), "
                       f"down {down:,} ({report['dense_bytes_down'] / down:.2f}x below float32)")
     console.print(f"wrote {report_path} and {plot_path}")
-    return 0 if len(rounds) == config.rounds and server.returncode == 0 else 1
+    if failures:
+        console.print(f"[red]{len(failures)} client(s) failed; the first: {failures[0]}[/red]")
+    return 0 if len(rounds) == config.rounds and server.returncode == 0 and not failures else 1

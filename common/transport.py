@@ -54,6 +54,9 @@ def server_options() -> ChannelOptions:
         ("grpc.http2.max_ping_strikes", 5),
         ("grpc.http2.bdp_probe", 0),
         ("grpc.experimental.tcp_max_read_buffer_size", 8 * 1024),
+        # A connection must finish its TLS and HTTP/2 handshakes within 10 s (gRPC's default: 120 s), so idle or
+        # half-open connections cannot pile up and starve honest ones (tests/test_resilience.py).
+        ("grpc.server_handshake_timeout_ms", 10_000),
     ]
 
 
@@ -68,16 +71,22 @@ def client_options() -> ChannelOptions:
 
 
 def open_channel(target: str, insecure: bool, root_certificates: str | None = None,
-                 token_file: str | None = None) -> grpc.Channel:
+                 token_file: str | None = None, client_cert: str | None = None,
+                 client_key: str | None = None) -> grpc.Channel:
     """A channel to ``target``: TLS by default (system roots or ``root_certificates``), plaintext if asked;
-    every call carries the enrolment token in ``token_file`` when one is given."""
+    every call carries the enrolment token in ``token_file`` when one is given; ``client_cert``/``client_key``
+    present a client certificate (mutual TLS)."""
+    if bool(client_cert) != bool(client_key):
+        raise ValueError("give both --client-cert and --client-key, or neither")
     if insecure:
         log.warning("connecting to %s over PLAINTEXT gRPC (--insecure): traffic can be read and altered", target)
         channel = grpc.insecure_channel(target, options=client_options())
     else:
         roots = Path(root_certificates).read_bytes() if root_certificates else None
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots),
-                                      options=client_options())
+        key = Path(client_key).read_bytes() if client_key else None
+        chain = Path(client_cert).read_bytes() if client_cert else None
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots, private_key=key, certificate_chain=chain)
+        channel = grpc.secure_channel(target, credentials, options=client_options())
     if token_file:
         channel = grpc.intercept_channel(channel, BearerToken(read_token(token_file)))
     return channel

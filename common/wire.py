@@ -6,7 +6,10 @@ slices of at most ``chunk_bytes``, and a Trailer with the stream's SHA-256.
 
 Receiving: ``StreamReceiver`` checks every field against what the receiver
 expects (name, shape, dtype, codec, payload bound) before it buffers a byte,
-and accepts the stream only when the trailer's digest matches. Both ends use
+and accepts the stream only when the trailer's digest matches. A chunk
+carries at least ``MIN_CHUNK_BYTES`` of data unless it ends its tensor, so a
+stream has at most one chunk per ``MIN_CHUNK_BYTES`` of payload plus one per
+tensor: a million one-byte chunks are refused at the first. Both ends use
 it, so a server and a client are equally strict. Violations raise
 ``PayloadError`` naming the tensor and the problem.
 """
@@ -23,8 +26,9 @@ import torch
 
 from fedsqueeze.codecs import Pipeline, get_plan
 from fedsqueeze.errors import PayloadError
-from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES
+from fedsqueeze.limits import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedsqueeze.tensors import DTYPE_BY_WIRE, DTYPES, TensorSpec
+from fedsqueeze.text import shown
 from fedsqueeze.v1 import federation_pb2 as pb
 
 
@@ -68,8 +72,8 @@ class EncodedModel:
         self.dense_bytes = sum(t.spec.dense_bytes for t in tensors)
 
     def chunks(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[pb.Chunk]:
-        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
-            raise ValueError(f"chunk_bytes must be in (0, {MAX_CHUNK_BYTES}], not {chunk_bytes}")
+        if not MIN_CHUNK_BYTES <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(f"chunk_bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}], not {chunk_bytes}")
         for t in self.tensors:
             header = pb.TensorHeader(name=t.spec.name, shape=t.spec.shape, dtype=DTYPES[t.spec.dtype][0],
                                      codec=t.codec, payload_size=len(t.payload))
@@ -121,6 +125,7 @@ class StreamReceiver:
         # that comes in pieces is gathered in one buffer, so many tiny chunks cost no per-piece overhead.
         self._buffer = bytearray()
         self.payload_size = 0
+        self.received = 0       # payload bytes taken so far
         self.complete = False   # True once a valid trailer arrived
 
     def feed(self, chunk: pb.Chunk) -> EncodedTensor | None:
@@ -142,6 +147,10 @@ class StreamReceiver:
                 raise PayloadError(f"chunk of {len(data)} bytes exceeds the {self._max_chunk}-byte limit", name)
             if len(self._buffer) + len(data) > self._declared:
                 raise PayloadError(f"payload longer than its declared {self._declared} bytes", name)
+            if len(data) < MIN_CHUNK_BYTES and len(self._buffer) + len(data) < self._declared:
+                raise PayloadError(f"chunk of {len(data)} bytes: every chunk but a tensor's last carries at "
+                                   f"least {MIN_CHUNK_BYTES}", name)
+            self.received += len(data)
             self._digest.update(data)
             if not self._buffer and len(data) == self._declared:
                 done = self._complete(data)
@@ -169,12 +178,13 @@ class StreamReceiver:
             raise PayloadError("sent twice", header.name)
         spec = exp.spec
         if tuple(header.shape) != spec.shape:
-            raise PayloadError(f"shape {list(header.shape)} does not match the model's {list(spec.shape)}", spec.name)
+            shape = str(list(header.shape)) if len(header.shape) <= 8 else f"of {len(header.shape)} dimensions"
+            raise PayloadError(f"shape {shape} does not match the model's {list(spec.shape)}", spec.name)
         if DTYPE_BY_WIRE.get(header.dtype) != spec.dtype:
             raise PayloadError(f"dtype {DTYPE_BY_WIRE.get(header.dtype, header.dtype)} does not match "
                                f"the model's {spec.dtype}", spec.name)
         if header.codec != exp.codec.spec:
-            raise PayloadError(f"codec {header.codec!r} is not the expected {exp.codec.spec!r}", spec.name)
+            raise PayloadError(f"codec {shown(header.codec)} is not the expected {exp.codec.spec!r}", spec.name)
         bound = exp.codec.max_payload_size(spec)
         if header.payload_size > bound:
             raise PayloadError(f"declared payload of {header.payload_size} bytes exceeds the codec's "

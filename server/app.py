@@ -1,9 +1,18 @@
-"""Assemble and run the aggregation server: services, health, reflection, the round loop."""
+"""Assemble and run the aggregation server: services, health, reflection, the round loop.
+
+Everything a run is configured with is checked before anything listens: the
+settings' ranges, the optimizer, the method's parameters, and the model
+against the data (built and run on one batch of the test set), so a mistake
+is one clear message and exit 2, never a federation that stalls once clients
+have joined.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import resource
 import signal
 from functools import partial
 from pathlib import Path
@@ -13,14 +22,15 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedsqueeze.config import ServerConfig
-from fedsqueeze.data.datasets import load_split
+from fedsqueeze.config import OPTIMIZERS, ServerConfig
+from fedsqueeze.data.datasets import Dataset, load_split
 from fedsqueeze.enrolment import Enrolment
 from fedsqueeze.evaluation import evaluate
-from fedsqueeze.limits import MAX_CHUNK_BYTES
+from fedsqueeze.limits import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.checkpoint import CheckpointError, CheckpointStore
 from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.decoding import add_tolerant_servicer
 from fedsqueeze.server.metering import ByteMeter, MeteringInterceptor
 from fedsqueeze.server.servicer import FederationServicer, OperatorServicer
 from fedsqueeze.server.strategies import make_strategy
@@ -42,24 +52,100 @@ def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
     if not (config.tls_cert and config.tls_key):
         raise SystemExit("the server serves TLS by default: give --tls-cert and --tls-key, "
                          "or --insecure to serve plaintext deliberately")
-    credentials = grpc.ssl_server_credentials([(Path(config.tls_key).read_bytes(),
-                                                Path(config.tls_cert).read_bytes())])
+    if config.require_client_certs and not config.client_ca:
+        raise SystemExit("--require-client-certs needs --client-ca, the CA that signs the client certificates")
+    credentials = grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=Path(config.client_ca).read_bytes() if config.require_client_certs else None,
+        require_client_auth=config.require_client_certs)
     return server.add_secure_port(config.listen, credentials)
+
+
+def check_settings(config: ServerConfig) -> None:
+    """SystemExit naming the first setting out of its range."""
+    checks = [
+        (config.rounds >= 1, f"--rounds must be at least 1, not {config.rounds}"),
+        (config.min_clients >= 1, f"--min-clients must be at least 1, not {config.min_clients}"),
+        (0 < config.fraction <= 1, f"--fraction must be in (0, 1], not {config.fraction}"),
+        (0 < config.quorum <= 1, f"--quorum must be in (0, 1], not {config.quorum}"),
+        (config.round_timeout > 0, f"--round-timeout must be positive, not {config.round_timeout}"),
+        (config.concurrent_uploads >= 1, f"--concurrent-uploads must be at least 1, not {config.concurrent_uploads}"),
+        (MIN_CHUNK_BYTES <= config.chunk_bytes <= MAX_CHUNK_BYTES,
+         f"--chunk-bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}], not {config.chunk_bytes}"),
+        (config.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, not "
+                                         f"{config.optimizer!r}"),
+        (config.epochs >= 1, f"--epochs must be at least 1, not {config.epochs}"),
+        (config.batch_size >= 1, f"--batch-size must be at least 1, not {config.batch_size}"),
+        (math.isfinite(config.lr) and config.lr > 0, f"--lr must be a positive number, not {config.lr}"),
+        (math.isfinite(config.momentum) and 0 <= config.momentum < 1, f"--momentum must be in [0, 1), not "
+                                                                       f"{config.momentum}"),
+        (config.upload_stall_seconds > 0, f"--upload-stall-seconds must be positive, not "
+                                          f"{config.upload_stall_seconds}"),
+        (config.min_upload_rate >= 0, f"--min-upload-rate must be >= 0, not {config.min_upload_rate}"),
+        (config.max_examples >= 1, f"--max-examples must be at least 1, not {config.max_examples}"),
+        (config.max_client_plans >= 0, f"--max-client-plans must be >= 0, not {config.max_client_plans}"),
+        (config.max_update_norm >= 0, f"--max-update-norm must be >= 0, not {config.max_update_norm}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise SystemExit(message)
+
+
+def check_model(model: torch.nn.Module, test_set: Dataset, config: ServerConfig) -> None:
+    """SystemExit unless the model takes one batch of the data and gives one score per class."""
+    batch, training = test_set.x[:2], model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(batch)
+    except Exception as exc:   # any error of a model's forward pass means the same thing here
+        raise SystemExit(f"model {config.model!r} cannot run on {config.data!r} inputs of shape "
+                         f"{list(test_set.input_shape)}: {exc}") from None
+    finally:
+        model.train(training)
+    if tuple(out.shape) != (len(batch), test_set.num_classes):
+        raise SystemExit(f"model {config.model!r} gives outputs of shape {list(out.shape[1:])} per example; "
+                         f"{config.data!r} has {test_set.num_classes} classes")
+
+
+def raise_open_file_limit() -> None:
+    """Lift the soft limit on open descriptors to the hard one: each connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.debug("open-file limit raised from %d to %d", soft, hard)
+
+
+def build_server(config: ServerConfig, coordinator: Coordinator, meter: ByteMeter,
+                 enrolment: Enrolment | None) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
+    """The gRPC server with every service, bound (not started); returns it, its health servicer and its port."""
+    federation_service = pb.DESCRIPTOR.services_by_name["Federation"].full_name
+    server = grpc.aio.server(interceptors=[MeteringInterceptor(meter, federation_service)],
+                             options=server_options())
+    servicer = FederationServicer(coordinator, config.chunk_bytes, enrolment, config.concurrent_uploads,
+                                  config.upload_stall_seconds, config.min_upload_rate)
+    add_tolerant_servicer(pb_grpc.add_FederationServicer_to_server, servicer, server)
+    add_tolerant_servicer(pb_grpc.add_OperatorServicer_to_server, OperatorServicer(coordinator, enrolment), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    return server, health_servicer, _bind(server, config)
 
 
 async def serve(config: ServerConfig) -> None:
     """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
-    if config.concurrent_uploads < 1:
-        raise SystemExit(f"--concurrent-uploads must be at least 1, not {config.concurrent_uploads}")
-    if not 0 < config.chunk_bytes <= MAX_CHUNK_BYTES:
-        raise SystemExit(f"--chunk-bytes must be in (0, {MAX_CHUNK_BYTES}]")
+    check_settings(config)
     if config.threads:
         torch.set_num_threads(config.threads)
+    raise_open_file_limit()
     test_set = load_split(config.data, "test").select()
     model_spec = make_model_spec(config.model, test_set.input_shape, test_set.num_classes)
     model = build_model(model_spec, seed=config.seed)
+    check_model(model, test_set, config)
     evaluate_on_test = partial(evaluate, data=test_set)
-    strategy = make_strategy(config, model, model_spec, evaluate_on_test)
+    try:
+        strategy = make_strategy(config, model, model_spec, evaluate_on_test)
+    except ValueError as exc:
+        raise SystemExit(f"--method {config.method!r}: {exc}") from None
     meter = ByteMeter()
     store = CheckpointStore(Path(config.state_dir), strategy.name, model_spec) if config.state_dir else None
     coordinator = Coordinator(config, strategy, model_spec, evaluate_on_test, meter, store)
@@ -79,19 +165,10 @@ async def serve(config: ServerConfig) -> None:
              model_spec.name, sum(p.numel() for p in model.parameters()), strategy.name,
              strategy.settings.uplink, strategy.settings.downlink, len(test_set))
 
-    federation_service = pb.DESCRIPTOR.services_by_name["Federation"].full_name
-    server = grpc.aio.server(interceptors=[MeteringInterceptor(meter, federation_service)],
-                             options=server_options())
     enrolment = Enrolment.load(config.tokens) if config.tokens else None
     if enrolment is None:
         log.warning("no --tokens: any client may join under any id (fine on a closed test network only)")
-    servicer = FederationServicer(coordinator, config.chunk_bytes, enrolment, config.concurrent_uploads)
-    pb_grpc.add_FederationServicer_to_server(servicer, server)
-    pb_grpc.add_OperatorServicer_to_server(OperatorServicer(coordinator, enrolment), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = _bind(server, config)
+    server, health_servicer, port = build_server(config, coordinator, meter, enrolment)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -62,7 +62,7 @@ class CheckpointStore:
         write_json_atomic(self.index, {
             "format": FORMAT, **self.identity, "round": checkpoint.round, "model_file": model_file,
             "bytes_up": checkpoint.bytes_up, "bytes_down": checkpoint.bytes_down, "strategy": checkpoint.strategy,
-            "history": [json_format.MessageToDict(r) for r in checkpoint.history]})
+            "history": [json_format.MessageToDict(r) for r in checkpoint.history]}, strict=False)
         for old in self.folder.glob("model-*.pt"):
             if old.name != model_file:
                 old.unlink(missing_ok=True)

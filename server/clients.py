@@ -8,7 +8,6 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from fedsqueeze.codecs import get_plan
 from fedsqueeze.errors import PayloadError, RateLimitError, SessionError
 from fedsqueeze.v1 import federation_pb2 as pb
 
@@ -24,7 +23,8 @@ class ClientInfo:
     updates_committed: int = 0
     told_finished: bool = False
     open_polls: int = 0   # GetTask calls being held right now: the client is surely alive
-    uplink_codec: str = ""     # codec plans the client asked for ("" for none), canonical
+    open_downloads: int = 0   # DownloadModel streams in flight
+    uplink_codec: str = ""     # codec plans the client asked for ("" for none), canonical and checked
     downlink_codec: str = ""
     instance_id: str = ""      # changes when the client daemon restarts
 
@@ -34,13 +34,18 @@ class ClientRegistry:
 
     Joins are limited: at most ``max_clients`` distinct client ids, and at most
     ``joins_per_minute`` joins per client id (a restarting device needs a few;
-    a flood gets RESOURCE_EXHAUSTED).
+    a flood gets RESOURCE_EXHAUSTED). Clients that ask for their own codec plans
+    share at most ``max_plans`` distinct (uplink, downlink) pairs: each distinct
+    downlink costs the server one encoded model per round, so a Join bringing
+    one more is refused RESOURCE_EXHAUSTED.
     """
 
-    def __init__(self, timeout: float, max_clients: int = 10_000, joins_per_minute: int = 30) -> None:
+    def __init__(self, timeout: float, max_clients: int = 10_000, joins_per_minute: int = 30,
+                 max_plans: int = 8) -> None:
         self._timeout = timeout
         self._max_clients = max_clients
         self._joins_per_minute = joins_per_minute
+        self._max_plans = max_plans
         self._by_id: dict[str, ClientInfo] = {}
         self._by_session: dict[str, ClientInfo] = {}
         self._recent_joins: dict[str, deque[float]] = {}
@@ -53,12 +58,13 @@ class ClientRegistry:
         while recent and now - recent[0] > 60:
             recent.popleft()
         if len(recent) >= self._joins_per_minute:
-            raise RateLimitError(f"client {client_id!r} joined {len(recent)} times in the last minute "
+            raise RateLimitError(f"client {client_id} joined {len(recent)} times in the last minute "
                                  f"(limit {self._joins_per_minute}); wait before joining again")
         recent.append(now)
 
     def join(self, client_id: str, capabilities: pb.Capabilities, uplink: str = "", downlink: str = "",
              instance_id: str = "") -> ClientInfo:
+        """Admit a client; ``uplink``/``downlink`` are plans the caller already checked, canonical."""
         if not _CLIENT_ID_RE.match(client_id):
             raise PayloadError(f"client_id {client_id[:64]!r} must be 1-128 characters of "
                                "letters, digits, '.', '_' or '-', starting with a letter or digit")
@@ -67,12 +73,16 @@ class ClientRegistry:
             raise PayloadError(f"compute_budget must be in (0, 1], not {budget}")
         self._admit(client_id)
         old = self._by_id.get(client_id)
+        if uplink or downlink:
+            plans = {(c.uplink_codec, c.downlink_codec) for c in self._by_id.values()
+                     if c.client_id != client_id and (c.uplink_codec or c.downlink_codec)}
+            if (uplink, downlink) not in plans and len(plans) >= self._max_plans:
+                raise RateLimitError(f"clients already use {len(plans)} distinct codec plans, the server's "
+                                     f"limit (--max-client-plans): join with one of theirs or the server's default")
         if old is not None:
             self._by_session.pop(old.session_id, None)
-        info = ClientInfo(client_id, capabilities, secrets.token_urlsafe(18),
-                          uplink_codec=get_plan(uplink).spec if uplink else "",
-                          downlink_codec=get_plan(downlink).spec if downlink else "",
-                          instance_id=instance_id[:64])
+        info = ClientInfo(client_id, capabilities, secrets.token_urlsafe(18), uplink_codec=uplink,
+                          downlink_codec=downlink, instance_id=instance_id[:64])
         if old is not None:
             info.updates_committed = old.updates_committed
         self._by_id[client_id] = info

@@ -1,10 +1,18 @@
 """The round loop and every decision about who does what, when.
 
 The coordinator lives on the server's asyncio event loop: its state changes
-only there, so it needs no locks. Heavy work runs in worker threads: encoding
-the downlink and evaluation while no round is open, decoding and norm-checking
-each update as it commits, and, on one folding thread in commit order, adding
-each update to the round's sum and then the round's aggregation.
+only there, so it needs no locks. Nothing slow runs on the loop. Every call
+into the strategy runs on one "strategy" thread, in submission order, so a
+strategy's own state is only ever touched by that thread: planning a round
+(``configure``, ``downlink``, ``expected_update``) and encoding its downloads,
+folding each committed update into the round's sum, the round's aggregation,
+``downloaded`` and ``state_dict`` for checkpoints. Decoding and norm-checking
+updates run on a pool of decoding threads; evaluation on a worker thread.
+
+Nothing a client sends can stop the loop: client codec plans are checked at
+Join, a round that cannot be prepared or closed is logged and tried again
+with the global model as it was, and a client that cannot do its task (it says
+so with ReportFailure, or its upload stalls) is dropped from the round at once.
 
 A round: wait for ``min_clients`` -> select -> ask the strategy for plans ->
 encode the download once per profile -> hand out train tasks through long-polls
@@ -29,14 +37,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from fedsqueeze.codecs import CodecError, get_plan
 from fedsqueeze.config import ServerConfig
-from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
+from fedsqueeze.errors import ConflictError, PayloadError, RateLimitError, RoundStateError
 from fedsqueeze.resources import usable_cores
-from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.checkpoint import Checkpoint, CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
 from fedsqueeze.server.history import build_report
@@ -44,6 +53,7 @@ from fedsqueeze.server.metering import ByteMeter, Traffic
 from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
+from fedsqueeze.text import shown
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import EncodedModel, EncodedTensor, ExpectedTensor, decode_tensor, encode_model
 
@@ -51,6 +61,9 @@ log = logging.getLogger(__name__)
 
 MAX_NUM_EXAMPLES = 1 << 31
 MAX_UPDATE_METRICS = 64
+MAX_PLAN_CHARACTERS = 256      # a client's codec plan; the built-in plans are well under 100
+MAX_DOWNLOADS_PER_CLIENT = 2   # DownloadModel streams one client may hold open at once
+RETRY_SECONDS = 5.0            # pause before trying again a round that could not be prepared or closed
 
 
 @dataclass
@@ -61,7 +74,8 @@ class Assignment:
     task_id: str
     plan: ClientPlan
     expected: dict[str, ExpectedTensor]
-    status: str = "assigned"   # assigned -> uploading -> committed; or left (changed by OpenRound.move only)
+    status: str = "assigned"   # assigned -> uploading -> committed; or left / failed (OpenRound.move only)
+    downloaded: bool = False   # its download completed once (the dense yardstick counts one per task)
 
 
 OUTSTANDING = ("assigned", "uploading")
@@ -75,13 +89,14 @@ class OpenRound:
     deadline: float
     assignments: dict[str, Assignment]            # by client id
     downlinks: dict[str, EncodedModel]            # by profile
-    accumulator: WeightedSum
+    accumulator: Any
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     is_open: bool = True
     dense_up: int = 0
     dense_down: int = 0
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weight: float = 0.0
+    failures: list[str] = field(default_factory=list)   # why each dropped task failed, bounded text
     by_task: dict[str, Assignment] = field(init=False)
     by_status: Counter[str] = field(init=False)
 
@@ -107,6 +122,16 @@ class OpenRound:
 
 
 @dataclass
+class Download:
+    """A DownloadModel stream in progress: the model it sends and whose turn it holds."""
+
+    round: OpenRound
+    assignment: Assignment
+    client: ClientInfo
+    model: EncodedModel
+
+
+@dataclass
 class Upload:
     """An update stream in progress: what it must contain and where it will land."""
 
@@ -127,6 +152,8 @@ class Upload:
 
 
 class Coordinator:
+    """The round loop and the client calls' decisions (see the module doc for which thread runs what)."""
+
     def __init__(self, config: ServerConfig, strategy: Strategy, model_spec: pb.ModelSpec,
                  evaluate: Callable[[nn.Module], tuple[float, float]], meter: ByteMeter,
                  store: CheckpointStore | None = None, metrics: ServerMetrics | None = None) -> None:
@@ -134,7 +161,8 @@ class Coordinator:
         self.strategy = strategy
         self.model_spec = model_spec
         self.meter = meter
-        self.clients = ClientRegistry(config.client_timeout, config.max_clients, config.joins_per_minute)
+        self.clients = ClientRegistry(config.client_timeout, config.max_clients, config.joins_per_minute,
+                                      config.max_client_plans)
         if config.norm_action not in ("refuse", "clip"):
             raise ValueError(f"--norm-action must be refuse or clip, not {config.norm_action!r}")
         self.phase = pb.WAITING_FOR_CLIENTS
@@ -154,9 +182,10 @@ class Coordinator:
         self.metrics.clients.set_function(lambda: len(self.clients.available()))
         self._first_round = 1
         self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
-        # The one thread that folds updates into a round's sum and aggregates it, off the event loop. Jobs run
-        # in submission order, so a round's aggregation runs after every fold committed before the round closed.
-        self._folding = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fold")
+        # The one thread that runs every strategy hook, off the event loop. Jobs run in submission order, so a
+        # round's aggregation runs after every fold submitted before the round closed, and a strategy's state
+        # is never touched by two threads.
+        self._strategy_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strategy")
         # Decoding (zstd, numpy: both release the GIL) gets one thread per usable core. More threads run no
         # faster and each holds an update's transient arrays: asyncio's default pool (6 threads on 2 cores)
         # added ~30 MiB to the peak RSS at 1,000 clients for the same updates/s (README, "The server at scale").
@@ -171,6 +200,7 @@ class Coordinator:
         self.strategy.load_state_dict(checkpoint.strategy)
         self.history = checkpoint.history
         self._earlier_traffic = Traffic(checkpoint.bytes_up, checkpoint.bytes_down)
+        self.metrics.restore(self.history)
         self._first_round = checkpoint.round + 1
         log.info("resumed from %s after round %d", self._store.folder, checkpoint.round)
         return checkpoint.round
@@ -182,18 +212,31 @@ class Coordinator:
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> None:
-        """Run every round, then tell clients the federation finished."""
+        """Run every round, then tell clients the federation finished.
+
+        A round attempt that gets no update, or that cannot be prepared or closed (an exception in the
+        strategy, a full disk, ...), is logged and planned again with a fresh selection; the server keeps serving.
+        """
         for number in range(self._first_round, self.config.rounds + 1):
             attempt = 0
             while True:
                 attempt += 1
                 await self._wait_for_clients()
-                rnd = await self._open_round(number, attempt)
+                try:
+                    rnd = await self._open_round(number, attempt)
+                except Exception:
+                    log.exception("round %d attempt %d could not be prepared; trying again in %.0f s", number,
+                                  attempt, RETRY_SECONDS)
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
                 await self._wait_until_closed(rnd)
-                if rnd.committed:
+                if not rnd.committed:
+                    log.warning("round %d attempt %d: no update before the deadline; selecting again", number,
+                                attempt)
+                    continue
+                if await self._finish_round(rnd):
                     break
-                log.warning("round %d attempt %d: no update before the deadline; selecting again", number, attempt)
-            await self._finish_round(rnd)
+                await asyncio.sleep(RETRY_SECONDS)
         self.phase = pb.FINISHED
         self._notify(tasks=True)
         log.info("federation finished after %d rounds", self.config.rounds)
@@ -215,17 +258,12 @@ class Coordinator:
         available = self.clients.available()
         count = min(len(available), max(self.config.min_clients, math.ceil(self.config.fraction * len(available))))
         selected = self._rng.sample(available, count)
-        plans = self.strategy.configure(number, selected)
-        downlinks = {}
-        for profile in sorted({plan.profile for plan in plans.values()}):
-            tensors, expected = self.strategy.downlink(profile)
-            downlinks[profile] = await asyncio.to_thread(encode_model, tensors, expected)
-        assignments = {
-            client_id: Assignment(client_id, secrets.token_urlsafe(12), plan, self.strategy.expected_update(plan))
-            for client_id, plan in plans.items()
-        }
+        plans, downlinks, expected, accumulator = await loop.run_in_executor(
+            self._strategy_thread, self._plan_round, number, selected)
+        assignments = {client_id: Assignment(client_id, secrets.token_urlsafe(12), plan, expected[client_id])
+                       for client_id, plan in plans.items()}
         rnd = OpenRound(number, attempt, started, loop.time() + self.config.round_timeout,
-                        assignments, downlinks, self.strategy.new_accumulator())
+                        assignments, downlinks, accumulator)
         self.current = rnd
         self.phase = pb.TRAINING
         self._notify(tasks=True)
@@ -234,6 +272,28 @@ class Coordinator:
         log.info("round %d%s: %d of %d clients selected: %s", number, f" (attempt {attempt})" if attempt > 1 else "",
                  count, len(available), shown)
         return rnd
+
+    def _plan_round(self, number: int, selected: list[ClientInfo]) -> tuple[
+            dict[str, ClientPlan], dict[str, EncodedModel], dict[str, dict[str, ExpectedTensor]], Any]:
+        """On the strategy thread: the plans, one encoded download per profile, each plan's expected update.
+
+        A profile whose download cannot be encoded (a client's codec plan that passed the Join checks yet
+        fails on the whole model) drops its clients from this round, logged; the others go ahead.
+        """
+        plans = self.strategy.configure(number, selected)
+        downlinks: dict[str, EncodedModel] = {}
+        for profile in sorted({plan.profile for plan in plans.values()}):
+            try:
+                tensors, expected = self.strategy.downlink(profile)
+                downlinks[profile] = encode_model(tensors, expected)
+            except (ValueError, CodecError) as exc:
+                log.warning("round %d: cannot encode the download of profile %s (%s); its clients sit this "
+                            "round out", number, shown(profile), shown(str(exc)))
+        plans = {client_id: plan for client_id, plan in plans.items() if plan.profile in downlinks}
+        if not plans:
+            raise RuntimeError(f"round {number}: no selected client's download could be encoded")
+        expected_updates = {client_id: self.strategy.expected_update(plan) for client_id, plan in plans.items()}
+        return plans, downlinks, expected_updates, self.strategy.new_accumulator()
 
     async def _wait_until_closed(self, rnd: OpenRound) -> None:
         timeout = rnd.deadline - asyncio.get_running_loop().time()
@@ -246,37 +306,54 @@ class Coordinator:
         self.phase = pb.AGGREGATING
         self._notify()
 
-    async def _finish_round(self, rnd: OpenRound) -> None:
+    async def _finish_round(self, rnd: OpenRound) -> bool:
+        """Aggregate, evaluate, record and checkpoint a closed round; False (logged, model as it was) on failure."""
         loop = asyncio.get_running_loop()
         closed = loop.time()
-        client_metrics = {k: v / rnd.metric_weight for k, v in sorted(rnd.metric_sums.items())}
-        strategy_metrics = await loop.run_in_executor(
-            self._folding, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
-        aggregated = loop.time()
-        accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
-        evaluated = loop.time()
-        traffic = self.meter.snapshot()
-        spent = traffic - self._traffic_at_last_close
+        before = {name: value.clone() for name, value in self.strategy.model.state_dict().items()}
+        client_metrics, dropped = finite_metrics({k: v / rnd.metric_weight for k, v in rnd.metric_sums.items()})
+        try:
+            strategy_metrics = await loop.run_in_executor(
+                self._strategy_thread, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
+            aggregated = loop.time()
+            accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
+            evaluated = loop.time()
+            strategy_metrics, dropped_too = finite_metrics(strategy_metrics)
+            traffic = self.meter.snapshot()
+            spent = traffic - self._traffic_at_last_close
+            metrics = {f"client_{k}": v for k, v in client_metrics.items()}
+            metrics.update(strategy_metrics)
+            if dropped + dropped_too:
+                metrics["non_finite_metrics_dropped"] = float(dropped + dropped_too)
+            record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
+                                     bytes_down=spent.down, seconds=loop.time() - rnd.started,
+                                     selected=len(rnd.assignments), updates=rnd.committed,
+                                     dense_bytes_up=rnd.dense_up, dense_bytes_down=rnd.dense_down, metrics=metrics,
+                                     failed=rnd.by_status["failed"])
+            if self._store:
+                await loop.run_in_executor(self._strategy_thread, self._checkpoint, record)
+        except Exception:
+            log.exception("round %d could not be closed; the global model is restored and the round is tried "
+                          "again in %.0f s", rnd.number, RETRY_SECONDS)
+            self.strategy.model.load_state_dict(before)
+            return False
         self._traffic_at_last_close = traffic
-        metrics = {f"client_{k}": v for k, v in client_metrics.items()}
-        metrics.update(strategy_metrics)
-        record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
-                             bytes_down=spent.down, seconds=loop.time() - rnd.started,
-                             selected=len(rnd.assignments), updates=rnd.committed, dense_bytes_up=rnd.dense_up,
-                             dense_bytes_down=rnd.dense_down, metrics=metrics)
         self.history.append(record)
         self.metrics.rounds.inc()
         self.metrics.accuracy.set(accuracy)
-        if self._store:
-            traffic = self.total_traffic()
-            await asyncio.to_thread(self._store.save, Checkpoint(
-                rnd.number, self.strategy.model.state_dict(), self.history, traffic.up, traffic.down,
-                self.strategy.state_dict()))
-        log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates, up %d B, down %d B, %.1f s "
+        log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates%s, up %d B, down %d B, %.1f s "
                  "(aggregation %.1f s, evaluation %.1f s)", rnd.number, accuracy, loss, rnd.committed,
-                 len(rnd.assignments), spent.up, spent.down, record.seconds, aggregated - closed,
-                 evaluated - aggregated)
+                 len(rnd.assignments), f", {record.failed} failed" if record.failed else "", spent.up, spent.down,
+                 record.seconds, aggregated - closed, evaluated - aggregated)
         await asyncio.to_thread(self.write_report)
+        return True
+
+    def _checkpoint(self, record: pb.RoundMetrics) -> None:
+        """On the strategy thread (``state_dict`` may write files): save the state after ``record``'s round."""
+        assert self._store is not None
+        traffic = self.total_traffic()
+        self._store.save(Checkpoint(record.round, self.strategy.model.state_dict(), [*self.history, record],
+                                    traffic.up, traffic.down, self.strategy.state_dict()))
 
     async def _linger(self) -> None:
         """Keep answering Finished until every known client has heard it, or ``linger`` passes."""
@@ -295,23 +372,79 @@ class Coordinator:
 
     def join(self, request: pb.JoinRequest) -> pb.JoinReply:
         client_id, capabilities = request.client_id, request.capabilities
-        info = self.clients.join(client_id, capabilities, request.uplink_codec, request.downlink_codec,
-                                 request.instance_id)
+        uplink = self._client_plan("uplink", request.uplink_codec)
+        downlink = self._client_plan("downlink", request.downlink_codec)
+        info = self.clients.join(client_id, capabilities, uplink, downlink, request.instance_id)
         log.info("client %s joined (%d cores, %.0f samples/s, budget %.2f)", client_id, capabilities.cpu_cores,
                  capabilities.train_samples_per_second, capabilities.compute_budget or 1.0)
         self._notify()
         return pb.JoinReply(session_id=info.session_id, model=self.model_spec, max_chunk_bytes=self.config.chunk_bytes)
 
+    def _client_plan(self, direction: str, text: str) -> str:
+        """A codec plan a client asked for, canonical, once it has proved it encodes this model ("" for none).
+
+        Refused (INVALID_ARGUMENT) when too long, unparsable, with a stage's parameter of the wrong type or
+        out of range, with a latent stage (the autoencoder method assigns those), or when a trial round trip
+        on the model's tensors fails. Ignored with ``--no-client-codecs``.
+        """
+        if not text or not self.config.client_codecs:
+            return ""
+        if len(text) > MAX_PLAN_CHARACTERS:
+            raise PayloadError(f"{direction} codec plan of {len(text)} characters: at most {MAX_PLAN_CHARACTERS}")
+        try:
+            plan = get_plan(text)
+            if any(stage.codec_id == "latent" for p in plan.pipelines() for stage in p.array_stages):
+                raise CodecError("latent stages are assigned by the server's method, not chosen by clients")
+            plan.check(self.strategy.specs)
+        except (CodecError, ValueError) as exc:
+            raise PayloadError(f"{direction} codec plan {shown(text)} refused: {shown(str(exc))}") from None
+        return plan.spec
+
     def leave(self, session_id: str, reason: str) -> None:
         info = self.clients.leave(session_id)
-        log.info("client %s left%s", info.client_id, f": {reason[:200]}" if reason else "")
-        rnd = self.current
-        if rnd is not None and rnd.is_open:
-            assignment = rnd.assignments.get(info.client_id)
-            if assignment is not None and assignment.status != "committed":
-                rnd.move(assignment, "left")
-                self._close_if_settled(rnd)
+        log.info("client %s left%s", info.client_id, f": {shown(reason)}" if reason else "")
+        self._drop(info.client_id, "left")
         self._notify()
+
+    def report_failure(self, session_id: str, task_id: str, reason: str) -> None:
+        """A client says it cannot do its task: drop the task from the open round, count it, log why.
+
+        Without a task id the client cannot take part at all: it is also removed, as by Leave, so it is
+        not selected again."""
+        client = self.clients.by_session(session_id)
+        rnd = self.current
+        if task_id and (rnd is None or task_id not in rnd.by_task):
+            raise RoundStateError(f"task {shown(task_id, 40)} is not a task of the open round")
+        log.warning("client %s reports a failure%s: %s", client.client_id,
+                    f" in round {rnd.number}" if rnd is not None and rnd.is_open else "", shown(reason))
+        self.metrics.task_failures.labels("reported").inc()
+        self._drop(client.client_id, "failed", f"{client.client_id}: {shown(reason)}")
+        if not task_id:
+            self.clients.leave(session_id)
+        self._notify()
+
+    def stalled(self, upload: Upload, why: str) -> None:
+        """An upload made no progress in time: its task is dropped, so the round settles without it."""
+        log.warning("round %d: the upload of %s stalled (%s); it is dropped from the round", upload.round.number,
+                    upload.client.client_id, why)
+        self.metrics.task_failures.labels("stalled").inc()
+        if upload.assignment.status == "uploading" and upload.round.is_open:
+            upload.round.move(upload.assignment, "failed")
+            upload.round.failures.append(f"{upload.client.client_id}: upload stalled")
+            self._close_if_settled(upload.round)
+            self._notify()
+
+    def _drop(self, client_id: str, status: str, why: str = "") -> None:
+        """Take a client's outstanding task out of the open round (``left`` or ``failed``)."""
+        rnd = self.current
+        if rnd is None or not rnd.is_open:
+            return
+        assignment = rnd.assignments.get(client_id)
+        if assignment is not None and assignment.status in OUTSTANDING:
+            rnd.move(assignment, status)
+            if why:
+                rnd.failures.append(why)
+            self._close_if_settled(rnd)
 
     async def next_task(self, session_id: str, wait_seconds: float) -> pb.Task:
         """Long-poll: a task as soon as there is one for the caller, else Wait after ``wait_seconds``."""
@@ -352,14 +485,25 @@ class Coordinator:
             model_payload_size=rnd.downlinks[plan.profile].payload_size,
             error_feedback=self.config.error_feedback and plan.error_feedback))
 
-    def begin_download(self, session_id: str, task_id: str) -> tuple[OpenRound, ClientPlan, EncodedModel]:
+    def begin_download(self, session_id: str, task_id: str) -> Download:
+        """Check a download request; the caller must ``end_download`` it whatever happens."""
         client = self.clients.by_session(session_id)
         rnd, assignment = self._open_task(task_id, client)
-        return rnd, assignment.plan, rnd.downlinks[assignment.plan.profile]
+        if client.open_downloads >= MAX_DOWNLOADS_PER_CLIENT:
+            raise RateLimitError(f"{client.open_downloads} downloads already in flight for {client.client_id} "
+                                 f"(at most {MAX_DOWNLOADS_PER_CLIENT}): finish or cancel one first")
+        client.open_downloads += 1
+        return Download(rnd, assignment, client, rnd.downlinks[assignment.plan.profile])
 
-    def download_completed(self, rnd: OpenRound, plan: ClientPlan, model: EncodedModel) -> None:
+    def end_download(self, download: Download, completed: bool) -> None:
+        """A download stream ended; once per task, a completed one counts in the yardstick and the strategy."""
+        download.client.open_downloads -= 1
+        rnd, assignment = download.round, download.assignment
+        if not completed or assignment.downloaded or rnd is not self.current or not rnd.is_open:
+            return
+        assignment.downloaded = True
         rnd.dense_down += self._model_float32_bytes
-        self.strategy.downloaded(plan, model.payload_size)
+        self._strategy_thread.submit(self.strategy.downloaded, assignment.plan, download.model.payload_size)
 
     def begin_upload(self, header: pb.UpdateHeader) -> Upload:
         """Check an update's header; reserve its task until ``commit`` or ``Upload.release``."""
@@ -378,27 +522,38 @@ class Coordinator:
             raise PayloadError(f"at most {MAX_UPDATE_METRICS} metrics per update, not {len(header.metrics)}")
         bad = [k for k, v in header.metrics.items() if not math.isfinite(v) or len(k) > 64]
         if bad:
-            raise PayloadError(f"metrics {sorted(bad)[:5]} have non-finite values or names over 64 characters")
+            raise PayloadError(f"metrics {', '.join(shown(k, 64) for k in sorted(bad)[:3])} have non-finite "
+                               "values or names over 64 characters")
         rnd.move(assignment, "uploading")
         return Upload(rnd, assignment, client, header)
 
     async def commit(self, upload: Upload, encoded: list[EncodedTensor]) -> pb.SubmitReply:
         """Decode a complete, verified update and fold it into its round, if that round is still open.
 
-        Decoding and the norm bound run in one worker-thread job; the update then counts at once (nothing
-        awaited between the round check and the bookkeeping), and the reply waits until the folding
-        thread has added it to the round's sum.
+        Decoding and the norm bound run in one decoding-thread job; the fold runs on the strategy thread,
+        submitted while the round is open, so it lands before the round's aggregation. The update counts
+        only once its fold succeeded: a strategy whose ``accumulate`` raises leaves the round as if the
+        update had been refused (``accumulate`` must raise before it changes the sum, as the built-in ones do).
+        The weight is the claimed example count capped at ``--max-examples``.
         """
         rnd, assignment, header = upload.round, upload.assignment, upload.header
-        tensors = await asyncio.get_running_loop().run_in_executor(self._decoding, self._decode_bounded,
-                                                                   assignment, encoded)
+        loop = asyncio.get_running_loop()
+        tensors = await loop.run_in_executor(self._decoding, self._decode_bounded, assignment, encoded)
         if rnd is not self.current or not rnd.is_open:
             raise RoundStateError(f"round {rnd.number} closed while the update was in flight")
         sizes = {t.spec.name: len(t.payload) for t in encoded}
-        update = ClientUpdate(upload.client.client_id, assignment.plan, tensors, header.num_examples,
+        weight = min(header.num_examples, self.config.max_examples)
+        if weight < header.num_examples:
+            log.info("round %d: %s claims %d examples; weighted as %d (--max-examples)", rnd.number,
+                     upload.client.client_id, header.num_examples, weight)
+        update = ClientUpdate(upload.client.client_id, assignment.plan, tensors, weight,
                               dict(header.metrics), sizes)
-        folded = asyncio.get_running_loop().run_in_executor(self._folding, self.strategy.accumulate,
-                                                            rnd.accumulator, update)
+        try:
+            await loop.run_in_executor(self._strategy_thread, self.strategy.accumulate, rnd.accumulator, update)
+        except Exception:
+            log.exception("round %d: the strategy could not fold the update of %s; it is refused", rnd.number,
+                          upload.client.client_id)
+            raise PayloadError("the server's method could not fold this update (the server log says why)") from None
         rnd.move(assignment, "committed")
         upload.client.updates_committed += 1
         self.metrics.updates.inc()
@@ -411,7 +566,6 @@ class Coordinator:
                  update.client_id, update.num_examples)
         self._close_if_settled(rnd)
         self._notify()
-        await folded
         return pb.SubmitReply(round=rnd.number)
 
     def _decode_bounded(self, assignment: Assignment, encoded: list[EncodedTensor]) -> dict[str, np.ndarray]:
@@ -436,13 +590,16 @@ class Coordinator:
     def _open_task(self, task_id: str, client: ClientInfo) -> tuple[OpenRound, Assignment]:
         rnd = self.current
         if rnd is None or not rnd.is_open:
-            raise RoundStateError(f"task {task_id[:40]!r} is not open: no round is accepting work now")
+            raise RoundStateError(f"task {shown(task_id, 40)} is not open: no round is accepting work now")
         assignment = rnd.by_task.get(task_id)
         if assignment is None:
-            raise RoundStateError(f"task {task_id[:40]!r} is not a task of open round {rnd.number} "
+            raise RoundStateError(f"task {shown(task_id, 40)} is not a task of open round {rnd.number} "
                                   "(stale, from an earlier round, or never issued)")
         if assignment.client_id != client.client_id:
-            raise RoundStateError(f"task {task_id[:40]!r} was given to another client")
+            raise RoundStateError(f"task {shown(task_id, 40)} was given to another client")
+        if assignment.status in ("failed", "left"):
+            raise RoundStateError(f"task {shown(task_id, 40)} was dropped from round {rnd.number} "
+                                  f"({assignment.status})")
         return rnd, assignment
 
     def _close_if_settled(self, rnd: OpenRound) -> None:
@@ -492,3 +649,9 @@ class Coordinator:
             await asyncio.wait_for(changed.wait(), max(timeout, 0.0))
         except TimeoutError:
             pass
+
+
+def finite_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], int]:
+    """The finite metrics, sorted by name, and how many non-finite ones were dropped (a record stays JSON)."""
+    kept = {k: float(v) for k, v in sorted(metrics.items()) if math.isfinite(v)}
+    return kept, len(metrics) - len(kept)

@@ -3,10 +3,13 @@
 A round's record is the ``RoundMetrics`` message of the protocol, so the
 Operator API and the report cannot disagree; ``metrics_dict`` is its JSON form
 (plain numbers, unlike protobuf's JSON mapping, which writes 64-bit ints as strings).
+The report is strict JSON: a non-finite accuracy or loss (a diverged model)
+is written as null, never as ``NaN`` or ``Infinity``.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -17,7 +20,11 @@ def metrics_dict(record: pb.RoundMetrics) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field in record.DESCRIPTOR.fields:
         value = getattr(record, field.name)
-        values[field.name] = dict(sorted(value.items())) if field.message_type else value
+        if field.message_type:
+            value = {k: v for k, v in sorted(value.items()) if math.isfinite(v)}
+        elif isinstance(value, float) and not math.isfinite(value):
+            value = None
+        values[field.name] = value
     return values
 
 
@@ -31,7 +38,7 @@ def build_report(method: str, config: dict[str, Any], rounds: list[pb.RoundMetri
     return {
         "method": method,
         "config": config,
-        "final_accuracy": rounds[-1].accuracy if rounds else None,
+        "final_accuracy": rounds[-1].accuracy if rounds and math.isfinite(rounds[-1].accuracy) else None,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
         "dense_bytes_up": sum(r.dense_bytes_up for r in rounds),

@@ -8,18 +8,25 @@ Metrics (own registry, so several servers can live in one process in tests):
   messages), read at scrape time so they never disagree with the round records;
 - ``fedsqueeze_updates_total``, ``fedsqueeze_update_seconds``: committed updates and the time from an
   update's header to its commit;
-- ``fedsqueeze_rejections_total{method, code}``: refused calls by RPC and status code.
+- ``fedsqueeze_rejections_total{method, code}``: refused calls by RPC and status code;
+- ``fedsqueeze_task_failures_total{reason="reported"|"stalled"}``: tasks dropped from their round because the
+  client reported it could not do them, or because their upload stalled;
+- ``fedsqueeze_undecodable_messages_total``: requests that were not valid protobuf (INVALID_ARGUMENT).
+
+A resumed server starts its round and update counters and the accuracy gauge from the checkpoint's history,
+as the byte counters start from the checkpoint's totals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from fedsqueeze.server.metering import Traffic
+from fedsqueeze.v1 import federation_pb2 as pb
 
 
 class _Traffic(Collector):
@@ -49,6 +56,17 @@ class ServerMetrics:
                                         registry=self.registry)
         self.rejections = Counter("fedsqueeze_rejections", "Refused calls", ["method", "code"],
                                   registry=self.registry)
+        self.task_failures = Counter("fedsqueeze_task_failures", "Tasks dropped from their round", ["reason"],
+                                     registry=self.registry)
+        self.undecodable = Counter("fedsqueeze_undecodable_messages", "Requests that were not valid protobuf",
+                                   registry=self.registry)
+
+    def restore(self, history: Sequence[pb.RoundMetrics]) -> None:
+        """Continue the counters of the rounds a checkpoint holds (a resumed server)."""
+        if history:
+            self.rounds.inc(len(history))
+            self.updates.inc(sum(r.updates for r in history))
+            self.accuracy.set(history[-1].accuracy)
 
     def watch_traffic(self, read: Callable[[], Traffic]) -> None:
         self.registry.register(_Traffic(read))

@@ -24,5 +24,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def write_json_atomic(path: Path, document: Any) -> None:
-    write_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
+def write_json_atomic(path: Path, document: Any, strict: bool = True) -> None:
+    """Write ``document`` as JSON; ``strict`` refuses NaN and infinity (ValueError), which JSON has no words for.
+
+    Files for people and other tools (report.json) are strict; the server's own checkpoint index is not, so a
+    strategy state holding a NaN can still be saved and read back by Python."""
+    write_atomic(path, (json.dumps(document, indent=2, allow_nan=not strict) + "\n").encode())

@@ -1,4 +1,4 @@
-"""The coordinator folds updates on its folding thread: a round's aggregation must include every committed fold."""
+"""The coordinator folds updates on its strategy thread: a round's aggregation must include every committed fold."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_aggregation_includes_every_fold_still_running_when_the_round_closes() -
     for name, value in strategy.model.state_dict().items():
         torch.testing.assert_close(value, before[name] + expected_mean)
     assert strategy.fold_threads == {strategy.aggregate_thread}
-    assert strategy.aggregate_thread.startswith("fold")
+    assert strategy.aggregate_thread.startswith("strategy")
 
 
 def test_a_round_settles_when_its_last_outstanding_task_commits_or_leaves() -> None:

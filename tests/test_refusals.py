@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 import numpy as np
@@ -74,10 +74,10 @@ class Prober:
             encode_model(update, self.uplink(task) if task else self.expected)
         return [pb.UpdateMessage(chunk=c) for c in encoded.chunks(4096)]
 
-    def submit(self, messages: list[pb.UpdateMessage]) -> pb.SubmitReply:
+    def submit(self, messages: Iterable[pb.UpdateMessage]) -> pb.SubmitReply:
         return self.stub.SubmitUpdate(iter(messages), timeout=30)
 
-    def refused(self, messages: list[pb.UpdateMessage]) -> tuple[grpc.StatusCode, str]:
+    def refused(self, messages: Iterable[pb.UpdateMessage]) -> tuple[grpc.StatusCode, str]:
         with pytest.raises(grpc.RpcError) as info:
             self.submit(messages)
         return info.value.code(), info.value.details()

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from fedsqueeze.codecs import get_pipeline
 from fedsqueeze.errors import PayloadError
-from fedsqueeze.limits import MAX_CHUNK_BYTES
+from fedsqueeze.limits import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedsqueeze.tensors import TensorSpec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import (
@@ -23,7 +23,8 @@ from fedsqueeze.wire import (
 )
 
 SPECS = {"conv.weight": TensorSpec("conv.weight", (4, 1, 3, 3)), "conv.bias": TensorSpec("conv.bias", (4,)),
-         "empty": TensorSpec("empty", (0, 3)), "fc.weight": TensorSpec("fc.weight", (10, 36))}
+         "empty": TensorSpec("empty", (0, 3)), "fc.weight": TensorSpec("fc.weight", (10, 36)),
+         "big.weight": TensorSpec("big.weight", (16, 256))}
 
 
 def tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -31,7 +32,7 @@ def tensors(seed: int = 0) -> dict[str, np.ndarray]:
     return {name: rng.normal(size=spec.shape).astype(np.float32) for name, spec in SPECS.items()}
 
 
-def chunks_of(model: EncodedModel, chunk_bytes: int = 100) -> list[pb.Chunk]:
+def chunks_of(model: EncodedModel, chunk_bytes: int = MIN_CHUNK_BYTES) -> list[pb.Chunk]:
     return list(model.chunks(chunk_bytes))
 
 
@@ -42,7 +43,7 @@ def refusal(chunks: list[pb.Chunk], expected: dict[str, ExpectedTensor] | None =
 
 
 @settings(max_examples=40, deadline=None)
-@given(chunk_bytes=st.integers(min_value=1, max_value=2000), seed=st.integers(0, 2**16))
+@given(chunk_bytes=st.integers(min_value=MIN_CHUNK_BYTES, max_value=20_000), seed=st.integers(0, 2**16))
 def test_round_trip_is_exact_at_any_chunk_size(chunk_bytes: int, seed: int) -> None:
     sent = tensors(seed)
     model = encode_model(sent, expect_all(SPECS, "dense"))
@@ -65,9 +66,9 @@ def test_chunks_respect_the_size_bound() -> None:
 
 def test_flipped_payload_byte_fails_the_digest() -> None:
     chunks = chunks_of(encode_model(tensors(), expect_all(SPECS, "dense")))
-    data = bytearray(chunks[2].data)
+    data = bytearray(chunks[1].data)
     data[0] ^= 0x01
-    chunks[2].data = bytes(data)
+    chunks[1].data = bytes(data)
     assert "digest mismatch" in refusal(chunks)
 
 
@@ -77,10 +78,24 @@ def test_missing_trailer_is_truncation() -> None:
 
 
 def test_payload_cut_short_before_the_next_tensor() -> None:
-    chunks = chunks_of(encode_model(tensors(), expect_all(SPECS, "dense")), chunk_bytes=40)
-    # drop the second data chunk of the first tensor (conv.weight: 144 bytes = 4 chunks)
-    message = refusal(chunks[:1] + chunks[2:])
-    assert "conv.weight" in message and "truncated" in message
+    chunks = chunks_of(encode_model(tensors(), expect_all(SPECS, "dense")))
+    # drop the second data chunk of big.weight (16 KiB = 16 chunks)
+    start = next(i for i, c in enumerate(chunks) if c.tensor.name == "big.weight")
+    message = refusal(chunks[:start + 1] + chunks[start + 2:])
+    assert "big.weight" in message and "truncated" in message
+
+
+def test_tiny_chunks_are_refused_at_the_first() -> None:
+    model = encode_model(tensors(), expect_all(SPECS, "dense"))
+    receiver = StreamReceiver(expect_all({"big.weight": SPECS["big.weight"]}, "dense"))
+    first = next(c for c in model.chunks(MIN_CHUNK_BYTES) if c.tensor.name == "big.weight")
+    assert receiver.feed(first) is None and receiver.received == MIN_CHUNK_BYTES   # a full chunk: taken
+    with pytest.raises(PayloadError, match=f"at least {MIN_CHUNK_BYTES}"):
+        StreamReceiver(expect_all(SPECS, "dense")).feed(pb.Chunk(tensor=first.tensor, data=first.data[:1]))
+    last = receive_model(model.chunks(MIN_CHUNK_BYTES), expect_all(SPECS, "dense"))   # short last chunks: fine
+    assert set(last) == set(SPECS)
+    with pytest.raises(ValueError, match="chunk_bytes must be in"):
+        next(model.chunks(MIN_CHUNK_BYTES - 1))
 
 
 def test_wrong_shape_is_refused_before_any_data() -> None:

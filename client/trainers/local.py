@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from fedsqueeze.client.trainers.base import Stopped, Trainer, TrainResult
+from fedsqueeze.config import OPTIMIZERS
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.tensors import float_state
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -20,7 +21,7 @@ def make_optimizer(model: nn.Module, hp: pb.Hyperparameters) -> torch.optim.Opti
         return torch.optim.SGD(model.parameters(), lr=hp.learning_rate, momentum=hp.momentum)
     if hp.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=hp.learning_rate)
-    raise ValueError(f"unknown optimizer {hp.optimizer!r}: use sgd or adam")
+    raise ValueError(f"unknown optimizer {hp.optimizer!r}: use {' or '.join(OPTIMIZERS)}")
 
 
 def train_epochs(model: nn.Module, data: Dataset, hp: pb.Hyperparameters, generator: torch.Generator,

@@ -28,6 +28,7 @@ from fedsqueeze.codecs.binary import (
 from fedsqueeze.tensors import TensorSpec
 
 MAX_K = 256
+MAX_ITERATIONS = 1000   # Lloyd iterations: more buy nothing on 1-D data and would let a plan cost minutes
 BINS = 4096      # the grid both k-means and assignment work on: O(n) per tensor, not O(n*K*iterations)
 PACKED, BYTES = 0, 1
 
@@ -142,8 +143,10 @@ class Cluster(ArrayStage):
     def __init__(self, k: int = 16, iterations: int = 25, seed: int = 0) -> None:
         if not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise CodecError(f"cluster: k must be an integer in [1, {MAX_K}], not {k!r}")
-        if not isinstance(iterations, int) or iterations < 0:
-            raise CodecError(f"cluster: iterations must be a non-negative integer, not {iterations!r}")
+        if not isinstance(iterations, int) or not 0 <= iterations <= MAX_ITERATIONS:
+            raise CodecError(f"cluster: iterations must be an integer in [0, {MAX_ITERATIONS}], not {iterations!r}")
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 1 << 32:
+            raise CodecError(f"cluster: seed must be an integer in [0, 2^32), not {seed!r}")
         self.k, self.iterations, self.seed = k, iterations, seed
 
     @property

@@ -21,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import re
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -153,6 +154,34 @@ class CodecPlan:
     @property
     def lossless(self) -> bool:
         return self.default.lossless and all(p.lossless for _, p in self.rules)
+
+    def pipelines(self) -> list[Pipeline]:
+        return [self.default, *(p for _, p in self.rules)]
+
+    def check(self, specs: Mapping[str, TensorSpec], seed: int = 0) -> None:
+        """Raise CodecError unless every pipeline this plan picks for ``specs`` encodes and decodes.
+
+        A trial round trip of random values on the smallest tensor each pipeline serves: it catches what
+        parsing cannot (a stage that needs more dimensions than the tensor has, a latent decoder nobody
+        registered), at the cost of the smallest tensors only.
+        """
+        smallest: dict[int, TensorSpec] = {}
+        for name, spec in specs.items():
+            pipeline = self.for_tensor(name)
+            known = smallest.get(id(pipeline))
+            if known is None or spec.numel < known.numel:
+                smallest[id(pipeline)] = spec
+        rng = np.random.default_rng(seed)
+        for pipeline in self.pipelines():
+            spec = smallest.get(id(pipeline))
+            if spec is None:
+                continue
+            try:
+                payload = pipeline.encode(rng.standard_normal(spec.shape).astype(np.float32))
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                raise CodecError(f"{pipeline.spec} cannot encode tensor {spec.name!r} of shape "
+                                 f"{list(spec.shape)}: {exc}") from None
+            pipeline.decode(payload, spec)
 
 
 @functools.lru_cache(maxsize=512)

@@ -224,6 +224,20 @@ class SubmitReply(_message.Message):
     payload_bytes: int
     def __init__(self, round: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
 
+class FailureReport(_message.Message):
+    __slots__ = ("session_id", "task_id", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class FailureReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class LeaveRequest(_message.Message):
     __slots__ = ("session_id", "reason")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -255,7 +269,7 @@ class ClientStatus(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., seconds_since_seen: _Optional[float] = ..., updates_committed: _Optional[int] = ...) -> None: ...
 
 class RoundMetrics(_message.Message):
-    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics")
+    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics", "failed")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -274,6 +288,7 @@ class RoundMetrics(_message.Message):
     DENSE_BYTES_UP_FIELD_NUMBER: _ClassVar[int]
     DENSE_BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
     round: int
     accuracy: float
     loss: float
@@ -285,7 +300,8 @@ class RoundMetrics(_message.Message):
     dense_bytes_up: int
     dense_bytes_down: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    failed: int
+    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class FederationStatus(_message.Message):
     __slots__ = ("state", "round", "total_rounds", "method", "connected_clients", "clients", "bytes_up", "bytes_down", "last_round", "history")

@@ -58,6 +58,11 @@ class FederationStub:
                 request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.UpdateMessage.SerializeToString,
                 response_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.ReportFailure = channel.unary_unary(
+                '/fedsqueeze.v1.Federation/ReportFailure',
+                request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
+                response_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.FromString,
+                _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/fedsqueeze.v1.Federation/Leave',
                 request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
@@ -104,6 +109,15 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportFailure(self, request, context):
+        """Says the client cannot do its task (a model it cannot build, data that does not
+        fit, a failing trainer): the server drops the task from its round at once and
+        counts it, so the round settles without waiting for its deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Leave(self, request, context):
         """Says goodbye; the client is no longer selected.
         """
@@ -133,6 +147,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.SubmitUpdate,
                     request_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.UpdateMessage.FromString,
                     response_serializer=fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.SerializeToString,
+            ),
+            'ReportFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportFailure,
+                    request_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.FromString,
+                    response_serializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
@@ -252,6 +271,33 @@ class Federation:
             '/fedsqueeze.v1.Federation/SubmitUpdate',
             fedsqueeze_dot_v1_dot_federation__pb2.UpdateMessage.SerializeToString,
             fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsqueeze.v1.Federation/ReportFailure',
+            fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
+            fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,12 +89,22 @@ class AutoencoderSum(WeightedSum):
         self.payload_bytes = dict.fromkeys(("warmup", "decoder", "latent", "coarse", "correction"), 0)
         self.phases = dict.fromkeys(("warmup", "register", "latent"), 0)
 
+    def merge(self, other: WeightedSum) -> None:
+        """Fold another round sum in, its byte and phase counts included."""
+        if not isinstance(other, AutoencoderSum):
+            raise TypeError("an AutoencoderSum merges only another AutoencoderSum")
+        super().merge(other)
+        for kind, size in other.payload_bytes.items():
+            self.payload_bytes[kind] = self.payload_bytes.get(kind, 0) + size
+        for phase, n in other.phases.items():
+            self.phases[phase] = self.phases.get(phase, 0) + n
+
 
 def payload_kind(name: str) -> str:
     return next((kind for prefix, kind in PAYLOAD_KINDS.items() if name.startswith(prefix)), "warmup")
 
 
-class Autoencoder(Strategy):
+class Autoencoder(Strategy[AutoencoderSum]):
     name = "ae"
     params = frozenset({"warmup", "warmup_codec", "chunk", "latent", "hidden", "activation", "latent_codec",
                         "correction", "coarse", "decoder_codec", "ae_epochs", "ae_lr", "drift", "history"})
@@ -175,7 +185,7 @@ class Autoencoder(Strategy):
     def new_accumulator(self) -> AutoencoderSum:
         return AutoencoderSum()
 
-    def accumulate(self, accumulator: AutoencoderSum, update: ClientUpdate) -> None:   # type: ignore[override]
+    def accumulate(self, accumulator: AutoencoderSum, update: ClientUpdate) -> None:
         config = update.plan.method_config
         state = self.clients[update.client_id]
         phase = config["phase"]
@@ -196,7 +206,7 @@ class Autoencoder(Strategy):
                            decoder)
             state.version, state.wants_new_version = version, False
 
-    def aggregate(self, round_number: int, accumulator: AutoencoderSum,   # type: ignore[override]
+    def aggregate(self, round_number: int, accumulator: AutoencoderSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
         add_mean_delta(self.model, accumulator)
         metrics = {f"payload_bytes_{kind}": float(size) for kind, size in accumulator.payload_bytes.items()}

@@ -6,6 +6,17 @@ update it must send back (``expected_update``), how a verified update folds
 into the round's running sum (``accumulate``) and how the sum becomes the next
 global model (``aggregate``). The round loop and the transport call these and
 nothing method-specific.
+
+Threads: the coordinator calls every hook (``configure``, ``downlink``,
+``expected_update``, ``new_accumulator``, ``accumulate``, ``aggregate``,
+``downloaded``, ``state_dict``, ``load_state_dict``) on one strategy thread,
+one call at a time, never on the event loop: a hook may take seconds (cut
+sub-models, distil, write files) without delaying any RPC, and needs no lock
+for the strategy's own state. Only ``name``, ``params``, ``specs`` and
+``settings`` are read elsewhere, and they do not change after ``__init__``.
+
+Each strategy names its accumulator type (``Strategy[CoverageSum]``); an
+accumulator that adds fields to ``WeightedSum`` also merges them.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -68,7 +79,10 @@ class ClientUpdate:
     payload_bytes: dict[str, int] = field(default_factory=dict)   # encoded size of each tensor as received
 
 
-class Strategy(ABC):
+Sum = TypeVar("Sum", bound=WeightedSum)
+
+
+class Strategy(ABC, Generic[Sum]):
     """Server side of a method. Subclasses set ``name`` (the client trainer of the same name pairs with it)."""
 
     name: ClassVar[str]
@@ -113,21 +127,22 @@ class Strategy(ABC):
         """A client with ``plan`` received its download, ``payload_bytes`` of encoded tensors (default: no-op)."""
         return None
 
-    def new_accumulator(self) -> WeightedSum:
-        return WeightedSum()
+    @abstractmethod
+    def new_accumulator(self) -> Sum:
+        """An empty running sum for a new round."""
 
-    def accumulate(self, accumulator: WeightedSum, update: ClientUpdate) -> None:
+    def accumulate(self, accumulator: Sum, update: ClientUpdate) -> None:
         """Fold one update into the round's running sum (default: weighted by examples).
 
-        Runs on the coordinator's folding thread, one update at a time in commit order, before the round's
-        ``aggregate`` (which runs on the same thread)."""
+        One update at a time in commit order, before the round's ``aggregate``. Must raise before it
+        changes the sum, if at all: the coordinator then refuses the update and counts nothing of it."""
         accumulator.add(update.tensors, update.num_examples)
 
     @abstractmethod
-    def aggregate(self, round_number: int, accumulator: WeightedSum,
-                  client_metrics: dict[str, float]) -> dict[str, float]:
+    def aggregate(self, round_number: int, accumulator: Sum, client_metrics: dict[str, float]) -> dict[str, float]:
         """Turn the round's sum into the new ``self.model``; return strategy metrics.
 
-        ``client_metrics`` are the committed updates' metrics, averaged weighted
-        by examples. Runs on the folding thread, after the round's folds, while no round is open.
+        ``client_metrics`` are the committed updates' metrics, averaged weighted by examples (finite
+        only). Runs after the round's folds, while no round is open. If it raises, the coordinator
+        restores the model as it was before the call and plans the round again.
         """

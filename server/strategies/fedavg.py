@@ -13,7 +13,7 @@ from fedsqueeze.tensors import float_state
 from fedsqueeze.wire import ExpectedTensor, expect_all
 
 
-class FedAvg(Strategy):
+class FedAvg(Strategy[WeightedSum]):
     """Every client gets the whole model and returns ``trained - global`` for every float tensor.
 
     A profile is a downlink codec plan: clients asking for the same one share one encoded download.
@@ -34,6 +34,9 @@ class FedAvg(Strategy):
 
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         return expect_all(self.specs, plan.uplink_codec)
+
+    def new_accumulator(self) -> WeightedSum:
+        return WeightedSum()
 
     def aggregate(self, round_number: int, accumulator: WeightedSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:

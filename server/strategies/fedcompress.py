@@ -111,7 +111,7 @@ class KSchedule:
         return accuracy <= self.acc_tol / scale and score <= self.score_tol / scale
 
 
-class FedCompress(Strategy):
+class FedCompress(Strategy[WeightedSum]):
     name = "fedcompress"
     params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "upload", "cluster_epochs",
                         "cluster_lr", "val_fraction", "entropy", "delta_k"}) | Distillation.params("ood")
@@ -197,6 +197,9 @@ class FedCompress(Strategy):
 
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         return expect_all(self.specs, plan.uplink_codec)
+
+    def new_accumulator(self) -> WeightedSum:
+        return WeightedSum()
 
     def aggregate(self, round_number: int, accumulator: WeightedSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:

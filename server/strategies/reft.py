@@ -100,8 +100,24 @@ class CoverageSum(WeightedSum):
         self.weight += weight
         self.count += 1
 
+    def merge(self, other: WeightedSum) -> None:
+        """Fold another round sum in: its sums and coverage per element, teachers and per-tier counts."""
+        if not isinstance(other, CoverageSum):
+            raise TypeError("a CoverageSum merges only another CoverageSum (coverage is per element)")
+        super().merge(other)
+        for name, covered in other.covered.items():
+            if name in self.covered:
+                self.covered[name].add_(covered)
+            else:
+                self.covered[name] = covered.clone()
+        self.teachers.extend(other.teachers)
+        for width, size in other.bytes_up.items():
+            self.bytes_up[width] = self.bytes_up.get(width, 0) + size
+        for width, n in other.clients.items():
+            self.clients[width] = self.clients.get(width, 0) + n
 
-class Reft(Strategy):
+
+class Reft(Strategy[CoverageSum]):
     name = "reft"
     params = frozenset({"tiers", "reference_speed"}) | Distillation.params("public")
 
@@ -172,8 +188,7 @@ class Reft(Strategy):
     def new_accumulator(self) -> CoverageSum:
         return CoverageSum()
 
-    def accumulate(self, accumulator: WeightedSum, update: ClientUpdate) -> None:
-        assert isinstance(accumulator, CoverageSum)
+    def accumulate(self, accumulator: CoverageSum, update: ClientUpdate) -> None:
         width = update.plan.method_config["width"]
         cut = self.cuts[width]
         shapes = {name: torch.Size(spec.shape) for name, spec in self.specs.items()}
@@ -192,9 +207,8 @@ class Reft(Strategy):
             models.append(module)
         return models
 
-    def aggregate(self, round_number: int, accumulator: WeightedSum,
+    def aggregate(self, round_number: int, accumulator: CoverageSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
-        assert isinstance(accumulator, CoverageSum)
         teachers = self._teacher_models(accumulator.teachers)   # cut from the model the clients started from
         state = self.model.state_dict()
         coverage = []
