@@ -6,11 +6,19 @@ maps the service host names to loopback, the container port to a free one and
 the `/out` volume to a temporary folder, waits for the declared health check,
 starts the clients, and checks the cluster trains. The one override: a
 single round instead of the file's five, to keep the suite short.
+
+As in the image, the processes run without privileges: run as root, the
+suite drops every capability (``setpriv``), so like the image's
+``fedsqueeze`` user they may write only to folders they own, which the
+mounted folders are, as the Dockerfile's ``install -d -o fedsqueeze`` makes
+them. A control shows the point: with the credentials folder owned by
+another user, ``certs`` fails.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -46,9 +54,13 @@ def localize(value: str, hosts: set[str], port: int, mounts: dict[str, Path]) ->
     return value
 
 
+# Root without capabilities: file permissions bind it as they bind the image's unprivileged user.
+UNPRIVILEGED = ["setpriv", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"] if os.geteuid() == 0 else []
+
+
 def command(argv: list[str]) -> list[str]:
     assert argv[0] == "fedsqueeze", argv
-    return [str(Path(sys.executable).with_name("fedsqueeze")), *argv[1:]]
+    return [*UNPRIVILEGED, str(Path(sys.executable).with_name("fedsqueeze")), *argv[1:]]
 
 
 def test_compose_file_declares_a_sound_cluster() -> None:
@@ -69,8 +81,17 @@ def test_compose_file_declares_a_sound_cluster() -> None:
         client_id = c["environment"]["FEDSQUEEZE_CLIENT_ID"]
         assert client_id in enrolled and c["environment"]["FEDSQUEEZE_TOKEN_FILE"] == f"/certs/{client_id}.token"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for source in re.findall(r"^COPY (\S+)", dockerfile, re.M):
+    copied = [name for line in re.findall(r"^COPY (.+)$", dockerfile, re.M) for name in line.split()[:-1]]
+    for source in copied:
         assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    assert "constraints.txt" in copied and re.search(r"pip install [^\n]*-c constraints\.txt \.", dockerfile), \
+        "the image must install the project with the same pins as scripts/setup.sh"
+    assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1] == "fedsqueeze"
+    made = re.search(r"install -d -o fedsqueeze -g fedsqueeze ([^\n]+)", dockerfile)
+    assert made, "the image must create the folders the volumes mount, owned by its user"
+    targets = {volume.get("target") if isinstance(volume, dict) else volume.split(":")[1]
+               for service in services.values() for volume in service.get("volumes", [])}
+    assert targets <= set(made.group(1).split()), f"volumes mount {targets}, the image makes {made.group(1)}"
 
 
 def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
@@ -79,16 +100,22 @@ def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
     port = free_port()
     mounts = {target: cluster.root / target.strip("/") for target in ("/out", "/state", "/certs")}
     for folder in mounts.values():
-        folder.mkdir()
+        folder.mkdir()   # ours, as the image's folders are its user's
 
     def env_of(service: dict[str, Any]) -> dict[str, str]:
-        env = {k: localize(str(v), hosts, port, mounts) for k, v in service["environment"].items()}
+        env = {k: localize(str(v), hosts, port, mounts) for k, v in service.get("environment", {}).items()}
         return {**env, "FEDSQUEEZE_ROUNDS": "1"} if "FEDSQUEEZE_ROUNDS" in env else env
 
     certs = services["certs"]
-    made = subprocess.run(command([localize(a, hosts, port, mounts) for a in certs["command"]]),
-                          capture_output=True, text=True, timeout=60)
-    assert made.returncode == 0, made.stderr
+    if UNPRIVILEGED:   # the control: a mounted folder the process does not own cannot be written
+        foreign = {**mounts, "/certs": cluster.root / "foreign"}
+        foreign["/certs"].mkdir()
+        os.chown(foreign["/certs"], 65534, 65534)
+        denied = subprocess.run(command([localize(a, hosts, port, foreign) for a in certs["command"]]),
+                                capture_output=True, text=True, timeout=60)
+        assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied.stderr
+    cluster.spawn("certs", command([localize(a, hosts, port, mounts) for a in certs["command"]]), env_of(certs))
+    assert cluster.wait("certs", 60) == 0, cluster.log("certs")
     server = services["server"]
     assert server["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert "FEDSQUEEZE_INSECURE" not in server["environment"], "the compose cluster must run with TLS"
@@ -117,3 +144,4 @@ def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
         assert f"client {name} joined" in cluster.log("server")
     assert (mounts["/state"] / "checkpoint.json").exists()
     assert "SERVING PLAINTEXT" not in cluster.log("server") and "no --tokens" not in cluster.log("server")
+

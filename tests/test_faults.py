@@ -17,9 +17,13 @@ from typing import Any
 import pytest
 import torch
 
+from fedsqueeze.config import ServerConfig
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.strategies import StrategySettings
+from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.server.strategies.fedcompress import FedCompress
 from fedsqueeze.v1 import federation_pb2 as pb
 
@@ -120,6 +124,20 @@ def test_checkpoints_round_trip_and_refuse_another_runs_state(tmp_path: Path) ->
     (tmp_path / "model-2.pt").write_bytes(b"torn")
     with pytest.raises(CheckpointError, match="unreadable checkpoint"):
         store.load()
+
+
+def test_a_resumed_server_continues_its_round_metrics(tmp_path: Path) -> None:
+    spec = make_model_spec("cnn(width=4)", (1, 28, 28), 10)
+    history = [pb.RoundMetrics(round=r, accuracy=0.4 + r / 10, updates=3) for r in (1, 2)]
+    CheckpointStore(tmp_path, "fedavg", spec).save(Checkpoint(2, build_model(spec).state_dict(), history, 100, 200, {}))
+    settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1), "dense", "dense")
+    coordinator = Coordinator(ServerConfig(), FedAvg(build_model(spec), settings), spec, lambda m: (0.0, 0.0),
+                              ByteMeter(), CheckpointStore(tmp_path, "fedavg", spec))
+    assert coordinator.resume() == 2
+    sample = coordinator.metrics.registry.get_sample_value
+    assert sample("fedsqueeze_rounds_total") == 2 and sample("fedsqueeze_updates_total") == 6
+    assert sample("fedsqueeze_round_accuracy") == pytest.approx(0.6)
+    assert sample("fedsqueeze_bytes_total", {"direction": "up"}) == 100
 
 
 def test_fedcompress_keeps_its_k_schedule_across_a_restart() -> None:

@@ -28,6 +28,7 @@ from fedsqueeze.wire import EncodedModel, EncodedTensor, encode_model, expect_al
 
 from conftest import FAST_SERVER, Cluster, free_port
 from test_refusals import RAW_FLOAT32, Prober
+from test_resilience import HOSTILE_PLANS
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -54,7 +55,8 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
         plain = grpc.insecure_channel(f"127.0.0.1:{cluster.port}")
         return grpc.intercept_channel(plain, BearerToken(token)) if token else plain
 
-    alice = Prober(channel(read_token(str(creds / "alice.token"))), client_id="alice")
+    alice_channel = channel(read_token(str(creds / "alice.token")))
+    alice = Prober(alice_channel, client_id="alice")
     mallory_channel = channel(read_token(str(creds / "mallory.token")))
     mallory = pb_grpc.FederationStub(mallory_channel)
     anonymous = pb_grpc.FederationStub(channel(None))
@@ -86,6 +88,17 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
         messages = update(np.zeros)
         return [*messages, *messages[1:]]                        # every tensor sent twice
 
+    def tensor_header(**fields: object) -> list[pb.UpdateMessage]:
+        valid = update(np.zeros)[1].chunk.tensor
+        header = pb.TensorHeader(name=valid.name, shape=valid.shape, dtype=valid.dtype, codec=valid.codec,
+                                 payload_size=valid.payload_size)
+        for key, value in fields.items():
+            setattr(header, key, value)
+        return [alice.header(task), pb.UpdateMessage(chunk=pb.Chunk(tensor=header, data=b"\0"))]
+
+    plans = list(HOSTILE_PLANS.values())
+    raw_join = alice_channel.unary_unary("/fedsqueeze.v1.Federation/Join")
+
     submit = alice.stub.SubmitUpdate
     kinds: list[tuple[str, grpc.StatusCode, Callable[[], object]]] = [
         ("join without a token", grpc.StatusCode.UNAUTHENTICATED,
@@ -110,10 +123,22 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
          lambda: submit(iter([alice.header(task, session_id="made-up"), *update(np.zeros)[1:]]), timeout=10)),
         ("over-long stream", grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(iter(too_long()), timeout=10)),
         ("oversized message", grpc.StatusCode.RESOURCE_EXHAUSTED, lambda: submit(iter(oversized()), timeout=10)),
+        ("join with a hostile codec plan", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: alice.stub.Join(pb.JoinRequest(client_id="alice", downlink_codec=rng.choice(plans)), timeout=10)),
+        ("100 KB tensor name", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: submit(iter(tensor_header(name="x\n" * 50_000)), timeout=10)),
+        ("1 MB codec string", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: submit(iter(tensor_header(codec="dense|" * 170_000)), timeout=10)),
+        ("one-byte chunks", grpc.StatusCode.INVALID_ARGUMENT, lambda: submit(iter(tensor_header()), timeout=10)),
+        ("bytes that are not protobuf", grpc.StatusCode.INVALID_ARGUMENT,
+         lambda: raw_join(b"\xff\xff\xff\xff\x0f", timeout=10)),
+        ("mallory reports a failure on alice's session", grpc.StatusCode.PERMISSION_DENIED,
+         lambda: mallory.ReportFailure(pb.FailureReport(session_id=alice.session, reason="x"), timeout=10)),
     ]
     rng = random.Random(7)
     tallies: Counter[str] = Counter()
     codes: Counter[str] = Counter()
+    log_before = len(cluster.log("server").encode())
     for _ in range(1000):
         label, code, call = rng.choice(kinds)
         try:
@@ -124,7 +149,11 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
             codes[code.name] += 1
         else:
             raise AssertionError(f"{label} was accepted")
-    print(f"\n1000 hostile requests, all refused as expected: {dict(tallies)}")
+    log_bytes = len(cluster.log("server").encode()) - log_before
+    print(f"\n1000 hostile requests, all refused as expected: {dict(tallies)}; {log_bytes / 1000:.0f} log bytes "
+          "per request")
+    assert log_bytes / 1000 < 1000, "the log grows with what attackers send"
+    assert max(len(line) for line in cluster.log("server").splitlines()) < 2000
 
     status = pb_grpc.OperatorStub(channel(read_token(str(creds / "operator.token")))).GetStatus(
         pb.StatusRequest(include_history=True), timeout=10)

@@ -172,18 +172,13 @@ def test_unread_downloads_and_distinct_plans_are_capped(cluster: Cluster) -> Non
     before = rss_mib(pid)
     streams = [prober.stub.DownloadModel(pb.DownloadRequest(session_id=prober.session, task_id=task.task_id))
                for _ in range(300)]
-    admitted, refused = 0, 0
-    for stream in streams:
-        try:
-            next(stream)
-            admitted += 1
-        except grpc.RpcError as exc:
-            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc.details()
-            refused += 1
+    time.sleep(3)                                   # none is read: an admitted stream stays open
+    refused = [s for s in streams if s.done()]
+    assert all(s.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for s in refused), refused[0].details()
+    admitted = len(streams) - len(refused)
     grown = rss_mib(pid) - before
-    print(f"\n300 unread downloads: {admitted} admitted, {refused} refused; server RSS +{grown:.1f} MiB")
-    # at most 2 in flight at once; a few more are admitted when earlier ones finished into the client's buffers
-    assert 2 <= admitted <= 10 and admitted + refused == 300
+    print(f"\n300 unread downloads: {admitted} admitted, {len(refused)} refused; server RSS +{grown:.1f} MiB")
+    assert admitted == 2
     assert grown < 50
     for stream in streams:
         stream.cancel()
@@ -226,6 +221,8 @@ def test_an_inflated_example_count_moves_the_model_by_its_capped_share_only(clus
     honest, attacker = Prober(cluster.channel(), client_id="honest"), Prober(cluster.channel(), client_id="big")
     tasks = {p: p.task() for p in (honest, attacker)}
     start = honest.download(tasks[honest])
+    for _ in range(4):                          # downloading again does not inflate the dense yardstick
+        honest.download(tasks[honest])
     zero = {n: np.zeros_like(v) for n, v in start.items()}
     rng = np.random.default_rng(0)
     push = {n: rng.standard_normal(v.shape).astype(np.float32) for n, v in start.items()}
@@ -239,6 +236,9 @@ def test_an_inflated_example_count_moves_the_model_by_its_capped_share_only(clus
         moved = after[name].astype(np.float64) - start[name]
         assert np.allclose(moved, share * push[name], atol=1e-4), name
     assert "weighted as 1000" in cluster.log("server")
+    (record,) = cluster.status().history
+    model_bytes = sum(4 * v.size for v in start.values())
+    assert record.dense_bytes_down == model_bytes and record.dense_bytes_up == 2 * model_bytes
 
 
 def test_a_million_one_byte_chunks_are_refused_at_the_first(cluster: Cluster) -> None:
@@ -340,15 +340,15 @@ def _joins(stub: pb_grpc.FederationStub) -> bool:
 
 
 def test_clients_that_cannot_do_their_task_say_so_and_the_round_closes(cluster: Cluster) -> None:
-    cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "3", "--round-timeout", "600")
+    cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "2", "--round-timeout", "600")
+    cluster.client("wrong-data", "--data", "digits")     # 8x8 images against the federation's model: fails at Join
+    assert cluster.wait("wrong-data", 60) == 2
     cluster.client("healthy")
-    cluster.client("wrong-data", "--data", "digits")     # 8x8 images against the federation's 28x28 model
-    cluster.client("bad-trainer", "--lr", "-1")          # its trainer raises (torch refuses a negative rate)
+    cluster.client("bad-trainer", "--lr", "-1")          # its trainer refuses a negative rate, mid-round
     assert cluster.wait("server", 120) == 0
     (record,) = cluster.report()["rounds"]
-    # the client with the wrong data fails at Join: counted in the round if it was selected, else never selected
-    assert record["updates"] == 1 and record["failed"] == record["selected"] - 1 >= 1, record
-    assert record["seconds"] < 60, record
+    assert record["selected"] == 2 and record["updates"] == 1 and record["failed"] == 1, record
+    assert record["seconds"] < 60, record               # closed at once, not at the 600 s deadline
     for name, why in (("wrong-data", "input shape"), ("bad-trainer", "learning_rate=-1")):
         assert cluster.wait(name, 30) == 2
         log = cluster.log(name)
