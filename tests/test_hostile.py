@@ -175,6 +175,8 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
             assert refused[code] >= count, (code, refused)
     log_lines = [json.loads(line) for line in cluster.log("server").splitlines() if line.startswith("{")]
     assert any("refused with" in line["message"] for line in log_lines)
+    assert alice.submit([alice.header(task), *alice.chunks(zero, task)]).round == 2   # no round stalled
+    assert alice.task().round == 3
 
 
 def test_update_norm_bound_refuses_or_clips() -> None:

@@ -418,7 +418,7 @@ def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
         time.sleep(0.05)
     print(f"\nGetStatus while configure sleeps 2 s: max {max(latencies) * 1000:.0f} ms over {len(latencies)} calls; "
           f"GetTask max {max(polls) * 1000:.0f} ms")
-    assert max(latencies) < 0.2 and max(polls) < 0.2
+    assert max(latencies) < 1.0 and max(polls) < 1.0   # a fraction of the 2 s sleep (figures: the benchmark)
     task = prober.task()
     zero = {n: np.zeros(s.shape, np.float32) for n, s in prober.specs.items()}
     code, details = prober.refused([prober.header(task), *prober.chunks(zero)])
