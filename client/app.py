@@ -16,6 +16,7 @@ from fedsqueeze.client.daemon import ClientDaemon
 from fedsqueeze.config import ClientConfig
 from fedsqueeze.data.datasets import Dataset, load_split
 from fedsqueeze.data.partition import partition
+from fedsqueeze.limits import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ def load_partition(config: ClientConfig) -> Dataset:
 
 def run_client(config: ClientConfig) -> int:
     """Run the daemon in a worker thread; SIGTERM/SIGINT stop it cleanly (a second one exits at once)."""
+    if not MIN_CHUNK_BYTES <= config.chunk_bytes <= MAX_CHUNK_BYTES:
+        raise SystemExit(f"--chunk-bytes must be in [{MIN_CHUNK_BYTES}, {MAX_CHUNK_BYTES}], not {config.chunk_bytes}")
     if config.threads:
         torch.set_num_threads(config.threads)
     client_id = config.client_id or socket.gethostname()
