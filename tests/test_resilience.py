@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from fedsqueeze.certs import make_certificates
 from fedsqueeze.config import ServerConfig
@@ -368,9 +369,11 @@ def test_simulate_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
 
 
 class SlowFedAvg(FedAvg):
-    """FedAvg whose planning takes 2 s and whose first fold fails: neither may stall an RPC or count."""
+    """FedAvg whose planning takes 2 s, whose first fold fails and whose first aggregation breaks the model and
+    raises: no RPC may stall, the failed fold may not count, and the round is tried again on the model as it was."""
 
     folds = 0
+    aggregations = 0
 
     def configure(self, round_number: int, clients: Sequence[ClientInfo]) -> dict[str, ClientPlan]:
         time.sleep(2.0)
@@ -382,6 +385,16 @@ class SlowFedAvg(FedAvg):
             raise RuntimeError("a strategy bug")
         super().accumulate(accumulator, update)
 
+    def aggregate(self, round_number: int, accumulator: WeightedSum,
+                  client_metrics: dict[str, float]) -> dict[str, float]:
+        self.aggregations += 1
+        if self.aggregations == 1:
+            with torch.no_grad():
+                for value in self.model.state_dict().values():
+                    value.add_(1.0)
+            raise RuntimeError("a strategy bug half-way through aggregating")
+        return super().aggregate(round_number, accumulator, client_metrics)
+
 
 def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
     config = ServerConfig(listen="127.0.0.1:0", insecure=True, data="synthetic", model="cnn(width=4)", rounds=1,
@@ -389,8 +402,9 @@ def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
     spec = make_model_spec(config.model, (1, 28, 28), 10)
     settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1,
                                                                         optimizer="sgd"), "dense", "dense")
-    coordinator = Coordinator(config, SlowFedAvg(build_model(spec), settings), spec, lambda m: (0.5, 1.0),
-                              ByteMeter())
+    strategy = SlowFedAvg(build_model(spec), settings)
+    initial = {name: value.clone() for name, value in strategy.model.state_dict().items()}
+    coordinator = Coordinator(config, strategy, spec, lambda m: (0.5, 1.0), ByteMeter())
     ready, port = threading.Event(), [0]
 
     async def serve() -> None:
@@ -425,7 +439,12 @@ def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "could not fold" in details
     assert operator.GetStatus(pb.StatusRequest(), timeout=10).clients[0].updates_committed == 0
     assert prober.submit([prober.header(task), *prober.chunks(zero)]).round == 1   # the task was not used up
+    retried = prober.task()                 # the first aggregation failed: round 1 is planned again
+    assert retried.round == 1 and retried.task_id != task.task_id
+    assert prober.submit([prober.header(retried), *prober.chunks(zero)]).round == 1
     thread.join(60)
     assert not thread.is_alive()
     (record,) = coordinator.history
-    assert record.updates == 1
+    assert record.updates == 1 and strategy.aggregations == 2
+    for name, value in strategy.model.state_dict().items():   # restored, then a zero update: as it started
+        assert torch.equal(value, initial[name]), name
