@@ -1,4 +1,4 @@
-"""The ``fedsqueeze`` command: server, client, simulate, loadgen, status, health, certs.
+"""The ``fedsqueeze`` command: server, client, simulate, loadgen, status, health, certs, plugins.
 
 Each command's flags come from its config dataclass (``fedsqueeze.config``);
 heavy modules are imported inside the command that needs them, so ``status``
@@ -120,6 +120,24 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _plugins(args: argparse.Namespace) -> int:
+    """Every model, dataset and codec stage a spec may name, and where each comes from."""
+    from fedsqueeze.codecs import registered_stages
+    from fedsqueeze.data.datasets import builtin_datasets
+    from fedsqueeze.models import builtin_models
+    from fedsqueeze.plugins import listing
+
+    kinds = {"models": builtin_models(), "datasets": builtin_datasets(),
+             "codecs": dict.fromkeys(registered_stages())}
+    for kind, builtins in kinds.items():
+        print(f"{kind} (--{'model' if kind == 'models' else 'data' if kind == 'datasets' else 'uplink/--downlink'}, "
+              f"entry points fedsqueeze.{kind}):")
+        for name, origin in listing(kind, builtins):
+            print(f"  {name:<20} {origin}")
+    print("models and datasets may also be import paths: --model 'mypkg.models:build(hidden=32)'")
+    return 0
+
+
 def _certs(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -174,6 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     certs.add_argument("--keep-existing", action="store_true",
                        help="do nothing when the folder already holds a CA and tokens (for start-up scripts)")
     certs.set_defaults(run=_certs)
+
+    plugins = commands.add_parser("plugins", help="list the models, datasets and codec stages specs may name",
+                                  description="list the models, datasets and codec stages specs may name, "
+                                  "and where each comes from (built in or an installed package's entry point)")
+    plugins.set_defaults(run=_plugins)
     return parser
 
 

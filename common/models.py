@@ -1,12 +1,19 @@
 """Model registry: architectures by name, built from a spec such as ``cnn(width=32)``.
 
-Every builder takes ``input_shape`` (C, H, W) and ``num_classes`` plus its own
-parameters, so server and clients build the same architecture from the
+Every built-in builder takes ``input_shape`` (C, H, W) and ``num_classes`` plus
+its own parameters, so server and clients build the same architecture from the
 ``ModelSpec`` the server hands out at Join.
+
+A model may also be a plug-in (``fedsqueeze.plugins``): an entry point of group
+``fedsqueeze.models`` or an import path, ``--model "mymod:build(hidden=32)"``.
+Its builder gets its spec's parameters, plus ``input_shape`` and
+``num_classes`` when its signature takes them (or takes ``**kwargs``), and
+returns any ``nn.Module`` that maps a batch of inputs to one score per class.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from math import prod
@@ -15,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from fedsqueeze.plugins import resolve
 from fedsqueeze.specs import parse_spec
 
 if TYPE_CHECKING:   # the builders import no protobuf, so the Flower comparison's venv (protobuf < 7) can use them
@@ -77,27 +85,43 @@ def mlp(input_shape: tuple[int, int, int], num_classes: int, hidden: int = 200, 
     return Classifier(nn.Sequential(*blocks), nn.Linear(width, num_classes))
 
 
-def model_names() -> list[str]:
-    return sorted(_MODELS)
+def builtin_models() -> dict[str, ModelBuilder]:
+    return dict(_MODELS)
+
+
+def _accepted(builder: ModelBuilder, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` less the data's keywords (input_shape, num_classes) that ``builder`` does not take."""
+    try:
+        parameters = inspect.signature(builder).parameters
+    except (TypeError, ValueError):
+        return config
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return config
+    return {k: v for k, v in config.items() if k in parameters or k not in ("input_shape", "num_classes")}
 
 
 def build_model(spec: pb.ModelSpec, seed: int | None = None) -> nn.Module:
-    """Build the architecture a ModelSpec names; ``seed`` makes the initial weights reproducible."""
-    builder = _MODELS.get(spec.name)
-    if builder is None:
-        raise ValueError(f"unknown model {spec.name!r}; known: {', '.join(model_names())}")
+    """Build the architecture a ModelSpec names; ``seed`` makes the initial weights reproducible.
+
+    ValueError (a PluginError for a plug-in that does not import) saying what failed."""
+    builder = resolve("models", spec.name, _MODELS).target
     config: dict[str, Any] = json.loads(spec.config_json or "{}")
     config["input_shape"] = tuple(config["input_shape"])
     if seed is not None:
         torch.manual_seed(seed)
-    return builder(**config)
+    try:
+        model = builder(**_accepted(builder, config))
+    except Exception as exc:   # a builder's own error, whatever its type: the model cannot be built
+        raise ValueError(f"model {spec.name!r} could not be built: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model {spec.name!r} returned {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def make_model_spec(model: str, input_shape: tuple[int, ...], num_classes: int) -> pb.ModelSpec:
     """A ModelSpec from a spec string such as ``cnn(width=16)`` and the data's shape."""
     name, params = parse_spec(model)
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(model_names())}")
+    resolve("models", name, _MODELS)   # unknown or unimportable: refused here, before any client joins
     config = {**params, "input_shape": list(input_shape), "num_classes": num_classes}
     from fedsqueeze.v1 import federation_pb2 as pb
 

@@ -188,6 +188,9 @@ def simulate(config: SimulateConfig) -> int:
                       f"bytes up {up:,} ({report['dense_bytes_up'] / up:.2f}x below float32), "
                       f"down {down:,} ({report['dense_bytes_down'] / down:.2f}x below float32)")
     console.print(f"wrote {report_path} and {plot_path}")
+    if server.returncode:
+        console.print(f"[red]the server exited with code {server.returncode}: "
+                      f"{last_error(logs / 'server.log')}[/red]")
     if failures:
         console.print(f"[red]{len(failures)} client(s) failed; the first: {failures[0]}[/red]")
     return 0 if len(rounds) == config.rounds and server.returncode == 0 and not failures else 1

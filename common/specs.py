@@ -2,6 +2,8 @@
 
 A spec names a registered thing and its parameters: ``name`` or
 ``name(key=value, ...)``, e.g. ``cnn(width=32)`` or ``dense(dtype=float16)``.
+The name may also be an import path, ``mypkg.models:build(hidden=32)``
+(``fedsqueeze.plugins`` resolves it).
 Values are ints, floats, booleans (``true``/``false``) or bare strings of
 letters, digits and ``_ - . / : +``. A value may also be a nested spec or
 pipeline, with balanced parentheses, kept as text:
@@ -15,7 +17,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$")
+# a registered name, or an import path package.module:callable (fedsqueeze.plugins)
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]*$|^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VALUE_RE = re.compile(r"^[A-Za-z0-9_\-./:+]+$")
 _NESTED_RE = re.compile(r"^[A-Za-z0-9_\-./:+*|()=,;\s]+$")

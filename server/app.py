@@ -189,3 +189,5 @@ async def serve(config: ServerConfig) -> None:
         coordinator.write_report()
         await server.stop(grace=5)
         log.info("server stopped; %d rounds finished", len(coordinator.history))
+    if coordinator.stopped_because:
+        raise SystemExit(f"the federation stopped early: {coordinator.stopped_because}")

@@ -64,6 +64,7 @@ MAX_UPDATE_METRICS = 64
 MAX_PLAN_CHARACTERS = 256      # a client's codec plan; the built-in plans are well under 100
 MAX_DOWNLOADS_PER_CLIENT = 2   # DownloadModel streams one client may hold open at once
 RETRY_SECONDS = 5.0            # pause before trying again a round that could not be prepared or closed
+MAX_ROUND_FAILURES = 3         # a round that fails this many times in a row stops the federation
 
 
 @dataclass
@@ -181,6 +182,7 @@ class Coordinator:
         self.metrics.watch_traffic(self.total_traffic)
         self.metrics.clients.set_function(lambda: len(self.clients.available()))
         self._first_round = 1
+        self.stopped_because: str | None = None   # why the federation stopped early; None while it has not
         self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
         # The one thread that runs every strategy hook, off the event loop. Jobs run in submission order, so a
         # round's aggregation runs after every fold submitted before the round closed, and a strategy's state
@@ -215,19 +217,24 @@ class Coordinator:
         """Run every round, then tell clients the federation finished.
 
         A round attempt that gets no update, or that cannot be prepared or closed (an exception in the
-        strategy, a full disk, ...), is logged and planned again with a fresh selection; the server keeps serving.
+        strategy, a full disk, ...), is logged and planned again with a fresh selection; the server keeps
+        serving. A round that cannot be prepared or closed ``MAX_ROUND_FAILURES`` times in a row is a fault
+        retrying will not cure (a method that does not fit the model, say): the federation stops, clients are
+        told why, and ``stopped_because`` says it (the server then exits non-zero).
         """
         for number in range(self._first_round, self.config.rounds + 1):
-            attempt = 0
-            while True:
+            attempt, failures = 0, 0
+            while failures < MAX_ROUND_FAILURES:
                 attempt += 1
                 await self._wait_for_clients()
                 try:
                     rnd = await self._open_round(number, attempt)
-                except Exception:
-                    log.exception("round %d attempt %d could not be prepared; trying again in %.0f s", number,
-                                  attempt, RETRY_SECONDS)
-                    await asyncio.sleep(RETRY_SECONDS)
+                except Exception as exc:
+                    failures += 1
+                    self.stopped_because = f"round {number} could not be prepared: {type(exc).__name__}: {exc}"
+                    log.exception("round %d attempt %d could not be prepared (%d of %d)", number, attempt, failures,
+                                  MAX_ROUND_FAILURES)
+                    await asyncio.sleep(RETRY_SECONDS if failures < MAX_ROUND_FAILURES else 0)
                     continue
                 await self._wait_until_closed(rnd)
                 if not rnd.committed:
@@ -236,10 +243,17 @@ class Coordinator:
                     continue
                 if await self._finish_round(rnd):
                     break
-                await asyncio.sleep(RETRY_SECONDS)
+                failures += 1
+                await asyncio.sleep(RETRY_SECONDS if failures < MAX_ROUND_FAILURES else 0)
+            else:
+                log.error("round %d failed %d times in a row; stopping the federation: %s", number, failures,
+                          self.stopped_because)
+                break
+            self.stopped_because = None
         self.phase = pb.FINISHED
         self._notify(tasks=True)
-        log.info("federation finished after %d rounds", self.config.rounds)
+        if self.stopped_because is None:
+            log.info("federation finished after %d rounds", self.config.rounds)
         await self._linger()
 
     async def _wait_for_clients(self) -> None:
@@ -307,7 +321,8 @@ class Coordinator:
         self._notify()
 
     async def _finish_round(self, rnd: OpenRound) -> bool:
-        """Aggregate, evaluate, record and checkpoint a closed round; False (logged, model as it was) on failure."""
+        """Aggregate, evaluate, record and checkpoint a closed round; False (logged, model as it was, the reason in
+        ``stopped_because``) on failure."""
         loop = asyncio.get_running_loop()
         closed = loop.time()
         before = {name: value.clone() for name, value in self.strategy.model.state_dict().items()}
@@ -332,9 +347,9 @@ class Coordinator:
                                      failed=rnd.by_status["failed"])
             if self._store:
                 await loop.run_in_executor(self._strategy_thread, self._checkpoint, record)
-        except Exception:
-            log.exception("round %d could not be closed; the global model is restored and the round is tried "
-                          "again in %.0f s", rnd.number, RETRY_SECONDS)
+        except Exception as exc:
+            self.stopped_because = f"round {rnd.number} could not be closed: {type(exc).__name__}: {exc}"
+            log.exception("round %d could not be closed; the global model is restored", rnd.number)
             self.strategy.model.load_state_dict(before)
             return False
         self._traffic_at_last_close = traffic
@@ -470,7 +485,9 @@ class Coordinator:
             if not client.told_finished:
                 client.told_finished = True
                 self._notify()   # the linger may be waiting for this
-            return pb.Task(finished=pb.Finished(reason=f"all {self.config.rounds} rounds done"))
+            reason = f"the server stopped the federation: {self.stopped_because}" if self.stopped_because else \
+                f"all {self.config.rounds} rounds done"
+            return pb.Task(finished=pb.Finished(reason=reason[:500]))
         rnd = self.current
         if rnd is None or not rnd.is_open:
             return None

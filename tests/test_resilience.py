@@ -28,7 +28,7 @@ from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.app import build_server
 from fedsqueeze.server.clients import ClientInfo
-from fedsqueeze.server.coordinator import Coordinator
+from fedsqueeze.server.coordinator import MAX_ROUND_FAILURES, Coordinator
 from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
@@ -396,19 +396,19 @@ class SlowFedAvg(FedAvg):
         return super().aggregate(round_number, accumulator, client_metrics)
 
 
-def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
-    config = ServerConfig(listen="127.0.0.1:0", insecure=True, data="synthetic", model="cnn(width=4)", rounds=1,
+IN_PROCESS = ServerConfig(listen="127.0.0.1:0", insecure=True, data="synthetic", model="cnn(width=4)", rounds=1,
                           min_clients=1, linger=0, uplink="dense", downlink="dense")
-    spec = make_model_spec(config.model, (1, 28, 28), 10)
-    settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1,
-                                                                        optimizer="sgd"), "dense", "dense")
-    strategy = SlowFedAvg(build_model(spec), settings)
-    initial = {name: value.clone() for name, value in strategy.model.state_dict().items()}
-    coordinator = Coordinator(config, strategy, spec, lambda m: (0.5, 1.0), ByteMeter())
+IN_PROCESS_SPEC = make_model_spec(IN_PROCESS.model, (1, 28, 28), 10)
+IN_PROCESS_SETTINGS = StrategySettings(IN_PROCESS_SPEC, "synthetic", pb.Hyperparameters(
+    epochs=1, batch_size=8, learning_rate=0.1, optimizer="sgd"), "dense", "dense")
+
+
+def serve_in_a_thread(coordinator: Coordinator) -> tuple[threading.Thread, grpc.Channel]:
+    """The real gRPC server and round loop of ``coordinator``, in this process (its strategy is a test's)."""
     ready, port = threading.Event(), [0]
 
     async def serve() -> None:
-        server, _, port[0] = build_server(config, coordinator, ByteMeter(), None)
+        server, _, port[0] = build_server(IN_PROCESS, coordinator, ByteMeter(), None)
         await server.start()
         ready.set()
         await coordinator.run()
@@ -417,7 +417,14 @@ def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
     thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
     thread.start()
     assert ready.wait(30)
-    channel = grpc.insecure_channel(f"127.0.0.1:{port[0]}")
+    return thread, grpc.insecure_channel(f"127.0.0.1:{port[0]}")
+
+
+def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
+    strategy = SlowFedAvg(build_model(IN_PROCESS_SPEC), IN_PROCESS_SETTINGS)
+    initial = {name: value.clone() for name, value in strategy.model.state_dict().items()}
+    coordinator = Coordinator(IN_PROCESS, strategy, IN_PROCESS_SPEC, lambda m: (0.5, 1.0), ByteMeter())
+    thread, channel = serve_in_a_thread(coordinator)
     operator = pb_grpc.OperatorStub(channel)
     prober = Prober(channel)                                   # joining opens a round: 2 s in configure
     latencies, polls = [], []
@@ -448,3 +455,29 @@ def test_slow_strategy_hooks_run_off_the_event_loop() -> None:
     assert record.updates == 1 and strategy.aggregations == 2
     for name, value in strategy.model.state_dict().items():   # restored, then a zero update: as it started
         assert torch.equal(value, initial[name]), name
+
+
+class BrokenFedAvg(FedAvg):
+    """FedAvg whose aggregation always fails: retrying cannot help."""
+
+    def aggregate(self, round_number: int, accumulator: WeightedSum,
+                  client_metrics: dict[str, float]) -> dict[str, float]:
+        raise ValueError("this method does not fit this model")
+
+
+def test_a_round_that_keeps_failing_stops_the_federation_with_the_reason() -> None:
+    coordinator = Coordinator(IN_PROCESS, BrokenFedAvg(build_model(IN_PROCESS_SPEC), IN_PROCESS_SETTINGS),
+                              IN_PROCESS_SPEC, lambda m: (0.5, 1.0), ByteMeter())
+    thread, channel = serve_in_a_thread(coordinator)
+    prober = Prober(channel)
+    zero = {n: np.zeros(s.shape, np.float32) for n, s in prober.specs.items()}
+    for _ in range(MAX_ROUND_FAILURES):
+        task = prober.task()
+        assert task.round == 1
+        prober.submit([prober.header(task), *prober.chunks(zero)])
+    finished = prober.stub.GetTask(pb.GetTaskRequest(session_id=prober.session, wait_ms=20_000), timeout=30)
+    assert finished.WhichOneof("kind") == "finished"
+    assert "does not fit this model" in finished.finished.reason
+    thread.join(60)
+    assert not thread.is_alive() and not coordinator.history
+    assert "round 1 could not be closed: ValueError" in (coordinator.stopped_because or "")

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedsqueeze.codecs.binary import CodecError, Reader
+from fedsqueeze.plugins import PluginError, is_import_path, resolve
 from fedsqueeze.specs import format_spec
 from fedsqueeze.tensors import TensorSpec
 
@@ -115,9 +116,22 @@ def register_stage(cls: type[Stage]) -> type[Stage]:
 
 
 def stage_from_config(config: dict[str, Any]) -> Stage:
-    cls = _STAGES.get(str(config.get("id")))
+    """The stage a config names: a built-in, or one an installed package registers under the entry-point
+    group ``fedsqueeze.codecs`` (its name is the stage's ``codec_id``; both ends must have it installed)."""
+    codec_id = str(config.get("id"))
+    cls = _STAGES.get(codec_id)
     if cls is None:
-        raise CodecError(f"unknown codec {config.get('id')!r}; known: {', '.join(registered_stages())}")
+        if is_import_path(codec_id):
+            raise CodecError(f"codec {codec_id!r}: codec stages are plug-ins by entry point (group fedsqueeze.codecs), "
+                             "not import path: the wire names a stage by its codec_id, which both ends must find")
+        try:
+            found = resolve("codecs", codec_id, _STAGES, import_paths=False).target
+        except PluginError as exc:
+            raise CodecError(str(exc)) from None
+        if not (isinstance(found, type) and issubclass(found, Stage)) or found.codec_id != codec_id:
+            raise CodecError(f"entry point {codec_id!r} of fedsqueeze.codecs must be a Stage class whose codec_id "
+                             f"is {codec_id!r}")
+        cls = register_stage(found)
     return cls.from_config(config)
 
 

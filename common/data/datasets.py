@@ -9,6 +9,15 @@
   prototypes plus noise; learnable in seconds, for tests.
 
 Images become float32 tensors (N, C, H, W) scaled to [-1, 1].
+
+A dataset may also be a plug-in (``fedsqueeze.plugins``): an entry point of
+group ``fedsqueeze.datasets`` or an import path, ``--data "mymod:load()"``.
+Its loader gets the spec's parameters and returns ``(x, y)`` numpy arrays:
+features of any shape per example (1-D tabular rows or images), used as they
+are, and integer class labels from 0. fedsqueeze splits them itself, the same
+way on every machine: a fixed shuffle, 80% train, 20% test. They are checked
+when loaded: lengths that differ, non-finite features, or labels that are not
+non-negative integers are a ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import numpy as np
 import torch
 
 from fedsqueeze.data.idx import find_idx, read_idx
+from fedsqueeze.plugins import resolve
 from fedsqueeze.specs import parse_spec
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -32,7 +42,7 @@ SPLITS = ("train", "test")
 class Dataset:
     """Normalised images and labels, ready for training or evaluation."""
 
-    x: torch.Tensor   # float32 (N, C, H, W) in [-1, 1]
+    x: torch.Tensor   # float32 (N, C, H, W) in [-1, 1] for the built-in image sets; (N, ...) for plug-ins
     y: torch.Tensor   # int64 (N,)
     num_classes: int
 
@@ -40,24 +50,26 @@ class Dataset:
         return len(self.y)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.x.shape[1:])  # type: ignore[return-value]
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x.shape[1:])
 
 
 @dataclass(frozen=True)
 class RawSplit:
-    """A split as stored: images (N, C, H, W) in [0, scale], labels. Select before converting."""
+    """A split as stored: images (N, C, H, W) in [0, scale] (or features used as they are when ``scale`` is
+    None), labels. Select before converting."""
 
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
-    scale: float
+    scale: float | None
 
     def select(self, indices: np.ndarray | None = None) -> Dataset:
         """Convert the chosen examples (all if None) into a Dataset; others never become tensors."""
         images = self.images if indices is None else self.images[indices]
         labels = self.labels if indices is None else self.labels[indices]
-        x = torch.from_numpy(np.asarray(images, dtype=np.float32) * (2.0 / self.scale) - 1.0)
+        values = np.asarray(images, dtype=np.float32)
+        x = torch.from_numpy(values if self.scale is None else values * (2.0 / self.scale) - 1.0)
         return Dataset(x.contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.num_classes)
 
 
@@ -118,16 +130,45 @@ _LOADERS: dict[str, Callable[..., RawSplit]] = {
 }
 
 
+def builtin_datasets() -> dict[str, Callable[..., RawSplit]]:
+    return dict(_LOADERS)
+
+
 def load_split(spec: str, split: str) -> RawSplit:
     """Load one split (``train`` or ``test``) of the dataset a spec names."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
     name, params = parse_spec(spec)
-    loader = _LOADERS.get(name)
-    if loader is None:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(_LOADERS))}")
+    plugin = resolve("datasets", name, _LOADERS)
+    if plugin.origin != "built-in":
+        return _plugin_split(spec, plugin.target, params, split)
     kwargs: dict[str, Any] = {k: str(v) if k == "dir" else v for k, v in params.items()}
     try:
-        return loader(split, **kwargs)
+        return plugin.target(split, **kwargs)
     except TypeError as exc:
         raise ValueError(f"bad parameters in dataset spec {spec!r}: {exc}") from None
+
+
+def _plugin_split(spec: str, loader: Callable[..., Any], params: dict[str, Any], split: str) -> RawSplit:
+    """One split of a plug-in's ``(x, y)``, checked: 80/20 after a fixed shuffle, the same on every machine."""
+    try:
+        x, y = loader(**params)
+    except Exception as exc:   # whatever a user's loader raises, the data cannot be had
+        raise ValueError(f"dataset {spec!r}: the loader failed: {type(exc).__name__}: {exc}") from None
+    x, y = np.asarray(x), np.asarray(y)
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+        raise ValueError(f"dataset {spec!r}: expected x of shape (N, features...) and y of shape (N,), got "
+                         f"{list(x.shape)} and {list(y.shape)}")
+    if len(y) < 2:
+        raise ValueError(f"dataset {spec!r}: {len(y)} examples; at least 2 are needed for a train/test split")
+    if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
+        raise ValueError(f"dataset {spec!r}: features must be finite numbers (NaN or infinity found, or not numeric)")
+    integral = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and
+                                                      bool(np.all(np.mod(y, 1) == 0)))
+    if not integral or y.min() < 0:
+        raise ValueError(f"dataset {spec!r}: labels must be class indices 0, 1, 2, ...; found {y[:5].tolist()}"
+                         f"{' (negative)' if integral else ''}")
+    order = np.random.default_rng(0).permutation(len(y))
+    cut = max(1, min(len(y) - 1, int(0.8 * len(y))))
+    chosen = order[:cut] if split == "train" else order[cut:]
+    return RawSplit(x[chosen].astype(np.float32), y[chosen].astype(np.int64), int(y.max()) + 1, None)
