@@ -112,6 +112,10 @@ class ClientRegistry:
         del self._by_id[info.client_id]
         return info
 
+    def has(self, client_id: str) -> bool:
+        """Whether ``client_id`` is joined now."""
+        return client_id in self._by_id
+
     def available(self) -> list[ClientInfo]:
         """Clients holding a long-poll or seen within the timeout, by id."""
         cutoff = time.monotonic() - self._timeout

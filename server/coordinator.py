@@ -278,7 +278,11 @@ class Coordinator:
                        for client_id, plan in plans.items()}
         rnd = OpenRound(number, attempt, started, loop.time() + self.config.round_timeout,
                         assignments, downlinks, accumulator)
+        for assignment in assignments.values():   # left, or failed for good, while the round was being planned
+            if not self.clients.has(assignment.client_id):
+                rnd.move(assignment, "left")
         self.current = rnd
+        self._close_if_settled(rnd)
         self.phase = pb.TRAINING
         self._notify(tasks=True)
         names = sorted(plans)

@@ -1,0 +1,200 @@
+"""Plug-ins from outside the package (issue 25, first part): models, datasets and codec stages a user brings.
+
+A user module on PYTHONPATH provides a model builder and a data loader by import path; a fake installed
+distribution registers a codec stage by entry point. Bad plug-ins are refused at start with a message that
+names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsqueeze.codecs import get_plan
+from fedsqueeze.data.datasets import load_split
+from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.plugins import PluginError
+from fedsqueeze.tensors import TensorSpec
+
+from conftest import Cluster
+
+USER_MODULE = '''
+import os
+import numpy as np
+from torch import nn
+
+
+def build(hidden=16, input_shape=None, num_classes=None):
+    hidden = int(os.environ.get("MYMOD_HIDDEN", hidden))   # lets a test make one side build another model
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), hidden), nn.ReLU(),
+                         nn.Linear(hidden, num_classes))
+
+
+def build_without_shapes(hidden=16):
+    return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 4))
+
+
+def wrong_output(input_shape=None, num_classes=None):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes + 3))
+
+
+def raises(**params):
+    raise RuntimeError("the builder is broken")
+
+
+def load(n=1000, features=8, seed=0, nan=False, negative=False):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, features)).astype("float32")
+    y = (x[:, 0] + x[:, 1] > 0).astype(int) + 2 * (x[:, 2] > 0)
+    if nan:
+        x[3, 1] = float("nan")
+    if negative:
+        y[5] = -1
+    return x, y
+'''
+
+STAGE_MODULE = '''
+from fedsqueeze.codecs import BytesStage
+
+
+class Xor(BytesStage):
+    """A lossless byte stage a user brings: every byte XORed with a key."""
+
+    codec_id = "xor"
+
+    def __init__(self, key: int = 90) -> None:
+        self.key = key
+
+    def compress(self, data):
+        return bytes(b ^ self.key for b in data)
+
+    def decompress(self, data, max_size):
+        if len(data) > max_size:
+            raise ValueError("too long")
+        return bytes(b ^ self.key for b in data)
+
+    def max_compressed_size(self, size):
+        return size
+
+    def get_config(self):
+        return {"id": self.codec_id, "key": self.key}
+'''
+
+
+@pytest.fixture
+def user_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path (and PYTHONPATH for child processes) holding the user's module and a fake installed
+    distribution whose entry points register the ``xor`` codec stage."""
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "mymod.py").write_text(USER_MODULE)
+    (folder / "mystage.py").write_text(STAGE_MODULE)
+    info = folder / "mystage-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mystage\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[fedsqueeze.codecs]\nxor = mystage:Xor\n")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    yield folder
+    for name in ("mymod", "mystage"):
+        sys.modules.pop(name, None)
+
+
+def test_models_and_datasets_by_import_path(user_path: Path) -> None:
+    train, test = load_split("mymod:load(n=500)", "train"), load_split("mymod:load(n=500)", "test")
+    assert (len(train.labels), len(test.labels)) == (400, 100) and train.num_classes == 4
+    data = train.select()
+    assert data.input_shape == (8,) and data.x.dtype.is_floating_point
+    spec = make_model_spec("mymod:build(hidden=32)", data.input_shape, train.num_classes)
+    assert spec.name == "mymod:build" and json.loads(spec.config_json)["hidden"] == 32
+    assert build_model(spec)(data.x[:3]).shape == (3, 4)
+    no_shapes = make_model_spec("mymod:build_without_shapes", data.input_shape, 4)   # takes no data keywords
+    assert build_model(no_shapes)(data.x[:2]).shape == (2, 4)
+
+
+def test_bad_plugins_are_refused_with_the_reason(user_path: Path) -> None:
+    with pytest.raises(PluginError, match="cannot import module 'nomod'"):
+        make_model_spec("nomod:build", (8,), 4)
+    with pytest.raises(PluginError, match="has no attribute 'missing'"):
+        make_model_spec("mymod:missing", (8,), 4)
+    with pytest.raises(ValueError, match="could not be built: RuntimeError: the builder is broken"):
+        build_model(make_model_spec("mymod:raises", (8,), 4))
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        load_split("mymod:load(nan=true)", "train")
+    with pytest.raises(ValueError, match=r"labels must be class indices.*negative"):
+        load_split("mymod:load(negative=true)", "test")
+    with pytest.raises(PluginError, match="unknown dataset 'nothing'"):
+        load_split("nothing", "train")
+
+
+def test_a_codec_stage_by_entry_point(user_path: Path) -> None:
+    plan = get_plan("dense|xor(key=7)")
+    spec = TensorSpec("w", (3, 5))
+    values = np.arange(15, dtype=np.float32).reshape(3, 5)
+    pipeline = plan.for_tensor("w")
+    assert pipeline.spec == "dense(dtype=float32)|xor(key=7)"
+    assert np.array_equal(pipeline.decode(pipeline.encode(values), spec), values)
+    listed = subprocess.run([sys.executable, "-m", "fedsqueeze", "plugins"], capture_output=True, text=True,
+                            timeout=60)
+    assert listed.returncode == 0 and "mystage:Xor (entry point of mystage)" in listed.stdout, listed.stdout
+
+
+def server_refusal(cluster: Cluster, name: str, *args: str) -> str:
+    cluster.fedsqueeze(name, "server", "--insecure", "--listen", "127.0.0.1:0", "--rounds", "1", *args)
+    assert cluster.wait(name, 60) != 0
+    return cluster.log(name)
+
+
+def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Path) -> None:
+    data = ("--data", "mymod:load()")
+    cases: dict[str, tuple[tuple[str, ...], str]] = {
+        "missing module": (("--model", "nomod:build", *data), "cannot import module 'nomod'"),
+        "builder raises": (("--model", "mymod:raises", *data), "the builder is broken"),
+        "wrong output shape": (("--model", "mymod:wrong_output", *data), "gives outputs of shape [7]"),
+        "NaN features": (("--model", "mymod:build", "--data", "mymod:load(nan=true)"), "NaN or infinity"),
+        "labels out of range": (("--model", "mymod:build", "--data", "mymod:load(negative=true)"),
+                                "labels must be class indices"),
+    }
+    for label, (args, why) in cases.items():
+        log = server_refusal(cluster, label.replace(" ", "-"), *args)
+        assert why in log and "Traceback" not in log, (label, log)
+
+
+def test_simulate_with_a_users_model_and_data(tmp_path: Path, user_path: Path) -> None:
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--model", "mymod:build(hidden=32)",
+                             "--data", "mymod:load()", "--clients", "2", "--rounds", "2", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [1, 2]
+    assert report["final_accuracy"] > 0.5   # 4 classes: chance is about 0.25
+
+
+def test_clients_that_lack_the_plugin_or_build_another_model_say_so(cluster: Cluster, user_path: Path) -> None:
+    cluster.server("--insecure", "--model", "mymod:build", "--data", "mymod:load()", "--rounds", "1",
+                   "--min-clients", "1", "--linger", "2")
+    target = ["--server", f"127.0.0.1:{cluster.port}", "--insecure", "--threads", "1"]
+    cluster.fedsqueeze("no-module", "client", *target, "--client-id", "no-module", "--data", "digits",
+                       env={"PYTHONPATH": ""})
+    assert cluster.wait("no-module", 60) == 2
+    assert "cannot import module 'mymod'" in cluster.log("no-module")
+    cluster.fedsqueeze("other-model", "client", *target, "--client-id", "other-model", "--data", "mymod:load()",
+                       env={"MYMOD_HIDDEN": "8"})   # the same spec, another architecture on this side
+    assert cluster.wait("other-model", 60) == 2
+    assert "does not match the model's" in cluster.log("other-model")
+    cluster.client("healthy", "--data", "mymod:load()")
+    assert cluster.wait("server", 120) == 0
+    (record,) = cluster.report()["rounds"]
+    assert record["updates"] == 1
+    for name in ("no-module", "other-model"):
+        assert f"client {name} reports a failure" in cluster.log("server")
+        assert "Traceback" not in cluster.log(name)
