@@ -84,6 +84,9 @@ class Distillation:
 
     def __init__(self, params: Mapping[str, Any], method: str, federation_data: str, input_shape: tuple[int, ...],
                  seed: int, set_key: str, default_epochs: int) -> None:
+        if len(input_shape) != 3:
+            raise ValueError(f"{method} distils on unlabelled images (C, H, W); this model's inputs are "
+                             f"{list(input_shape)}: use a method without distillation (fedavg, ae) for such data")
         self.enabled = bool(params.get("distill", True))
         self.epochs = int(params.get("kd_epochs", default_epochs))
         self.lr = float(params.get("kd_lr", 1e-4))

@@ -119,6 +119,10 @@ class FedCompress(Strategy[WeightedSum]):
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
+        if not all(isinstance(getattr(model, part, None), torch.nn.Module) for part in ("features", "head")):
+            raise ValueError("fedcompress scores the penultimate embedding: it needs a model with a `features` "
+                             "module (inputs -> embedding) and a `head` (embedding -> scores), as "
+                             "fedsqueeze.models.Classifier has")
         p = settings.params
         self.schedule = KSchedule(int(p.get("k0", 8)), int(p.get("k_max", 30)), int(p.get("window", 3)),
                                   int(p.get("patience", 4)), float(p.get("acc_tol", 0.01)),
