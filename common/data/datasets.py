@@ -7,6 +7,13 @@
 - ``digits``: scikit-learn's 8x8 digits (1,797 images; 80/20 train/test, fixed split).
 - ``synthetic(samples=N, size=S, classes=C, noise=X, seed=K)``: generated class
   prototypes plus noise; learnable in seconds, for tests.
+- ``npz(path=FILE, x=KEY, y=KEY)``: arrays in a NumPy ``.npz`` file (keys ``x`` and ``y``
+  by default), features of any shape used as they are.
+- ``csv(path=FILE, label=COLUMN)``: a table with a header row; every other column is a
+  numeric feature, ``label`` holds class indices 0, 1, 2, ...
+- ``imagefolder(dir=DIR, size=S, channels=C)``: one sub-folder per class (classes in
+  sorted order), images of any size and format Pillow reads, resized to S x S
+  (default 28), 1 (grey) or 3 (RGB) channels, scaled to [-1, 1].
 
 Images become float32 tensors (N, C, H, W) scaled to [-1, 1].
 
@@ -14,10 +21,12 @@ A dataset may also be a plug-in (``fedsqueeze.plugins``): an entry point of
 group ``fedsqueeze.datasets`` or an import path, ``--data "mymod:load()"``.
 Its loader gets the spec's parameters and returns ``(x, y)`` numpy arrays:
 features of any shape per example (1-D tabular rows or images), used as they
-are, and integer class labels from 0. fedsqueeze splits them itself, the same
-way on every machine: a fixed shuffle, 80% train, 20% test. They are checked
-when loaded: lengths that differ, non-finite features, or labels that are not
-non-negative integers are a ValueError naming the problem.
+are, and integer class labels from 0.
+
+Plug-ins, ``npz``, ``csv`` and ``imagefolder`` are split by fedsqueeze itself,
+the same way on every machine: a fixed shuffle, 80% train, 20% test. Their
+arrays are checked when loaded: lengths that differ, non-finite features, or
+labels that are not non-negative integers are a ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -121,14 +130,6 @@ def _synthetic(split: str, samples: int = 2000, size: int = 12, classes: int = 1
     return RawSplit(np.clip((images + 3.0) / 6.0, 0.0, 1.0), labels, classes, 1.0)
 
 
-_LOADERS: dict[str, Callable[..., RawSplit]] = {
-    "fashion-mnist": _fashion_mnist,
-    "idx": _idx,
-    "mnist": _mnist,
-    "digits": _digits,
-    "synthetic": _synthetic,
-}
-
 
 def builtin_datasets() -> dict[str, Callable[..., RawSplit]]:
     return dict(_LOADERS)
@@ -142,7 +143,7 @@ def load_split(spec: str, split: str) -> RawSplit:
     plugin = resolve("datasets", name, _LOADERS)
     if plugin.origin != "built-in":
         return _plugin_split(spec, plugin.target, params, split)
-    kwargs: dict[str, Any] = {k: str(v) if k == "dir" else v for k, v in params.items()}
+    kwargs: dict[str, Any] = {k: str(v) if k in ("dir", "path", "x", "y", "label") else v for k, v in params.items()}
     try:
         return plugin.target(split, **kwargs)
     except TypeError as exc:
@@ -150,11 +151,16 @@ def load_split(spec: str, split: str) -> RawSplit:
 
 
 def _plugin_split(spec: str, loader: Callable[..., Any], params: dict[str, Any], split: str) -> RawSplit:
-    """One split of a plug-in's ``(x, y)``, checked: 80/20 after a fixed shuffle, the same on every machine."""
+    """One split of a plug-in's ``(x, y)``."""
     try:
         x, y = loader(**params)
     except Exception as exc:   # whatever a user's loader raises, the data cannot be had
         raise ValueError(f"dataset {spec!r}: the loader failed: {type(exc).__name__}: {exc}") from None
+    return split_arrays(spec, x, y, split)
+
+
+def split_arrays(spec: str, x: Any, y: Any, split: str, scale: float | None = None) -> RawSplit:
+    """One split of whole ``(x, y)`` arrays, checked: 80/20 after a fixed shuffle, the same on every machine."""
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"dataset {spec!r}: expected x of shape (N, features...) and y of shape (N,), got "
@@ -171,4 +177,71 @@ def _plugin_split(spec: str, loader: Callable[..., Any], params: dict[str, Any],
     order = np.random.default_rng(0).permutation(len(y))
     cut = max(1, min(len(y) - 1, int(0.8 * len(y))))
     chosen = order[:cut] if split == "train" else order[cut:]
-    return RawSplit(x[chosen].astype(np.float32), y[chosen].astype(np.int64), int(y.max()) + 1, None)
+    return RawSplit(x[chosen].astype(np.float32), y[chosen].astype(np.int64), int(y.max()) + 1, scale)
+
+
+def _npz(split: str, path: str, x: str = "x", y: str = "y") -> RawSplit:
+    with np.load(path, allow_pickle=False) as arrays:
+        missing = [key for key in (x, y) if key not in arrays.files]
+        if missing:
+            raise ValueError(f"{path}: no array {missing[0]!r}; it holds {', '.join(arrays.files) or 'none'}")
+        return split_arrays(f"npz(path={path})", arrays[x], arrays[y], split)
+
+
+def _csv(split: str, path: str, label: str) -> RawSplit:
+    import csv
+
+    with open(path, newline="") as table:
+        reader = csv.reader(table)
+        header = next(reader, None)
+        if not header:
+            raise ValueError(f"{path}: empty file; a header row names the columns")
+        if label not in header:
+            raise ValueError(f"{path}: no column {label!r} (label=); columns: {', '.join(header[:20])}")
+        rows = list(reader)
+    at = header.index(label)
+    try:
+        values = np.array([[float(v) for v in row] for row in rows if row], dtype=np.float64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: every column must be numeric ({exc})") from None
+    if values.ndim != 2 or values.shape[1] != len(header):
+        raise ValueError(f"{path}: every row must have the header's {len(header)} columns")
+    features = np.delete(values, at, axis=1)
+    return split_arrays(f"csv(path={path})", features, values[:, at], split)
+
+
+def _imagefolder(split: str, dir: str, size: int = 28, channels: int = 1) -> RawSplit:
+    from PIL import Image, UnidentifiedImageError  # imported here: only this loader needs it
+
+    if channels not in (1, 3) or not 1 <= size <= 1024:
+        raise ValueError(f"imagefolder: channels must be 1 or 3 and size in [1, 1024], not {channels} and {size}")
+    root = Path(dir)
+    classes = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not classes:
+        raise ValueError(f"imagefolder: {dir} holds no class sub-folders")
+    images, labels = [], []
+    for index, folder in enumerate(classes):
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            try:
+                with Image.open(file) as image:
+                    picture = image.convert("L" if channels == 1 else "RGB").resize((size, size))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise ValueError(f"imagefolder: {file} is not an image Pillow reads ({exc})") from None
+            array = np.asarray(picture, dtype=np.float32)
+            images.append(array[None] if channels == 1 else array.transpose(2, 0, 1))
+            labels.append(index)
+    if not images:
+        raise ValueError(f"imagefolder: no images under {dir}")
+    return split_arrays(f"imagefolder(dir={dir})", np.stack(images), np.array(labels), split, scale=255.0)
+
+
+_LOADERS: dict[str, Callable[..., RawSplit]] = {
+    "fashion-mnist": _fashion_mnist,
+    "idx": _idx,
+    "mnist": _mnist,
+    "digits": _digits,
+    "synthetic": _synthetic,
+    "npz": _npz,
+    "csv": _csv,
+    "imagefolder": _imagefolder,
+}
