@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +63,16 @@ def add_tolerant_servicer(add: Callable[[Any, Any], None], servicer: Any, server
 
 
 class UndecodableLog:
-    """Logs undecodable requests at WARNING, once a minute per peer host, with how many were not logged."""
+    """Counts undecodable requests in ``counter`` and logs them at WARNING, once a minute per peer host, with how
+    many were not logged."""
 
-    def __init__(self, every: float = 60.0) -> None:
+    def __init__(self, counter: Counter, every: float = 60.0) -> None:
+        self._counter = counter
         self._every = every
         self._last: dict[str, tuple[float, int]] = {}
 
     def note(self, peer: str, method: str) -> None:
+        self._counter.inc()
         host = peer.rpartition(":")[0] or peer
         now = time.monotonic()
         last, unlogged = self._last.get(host, (-self._every, 0))

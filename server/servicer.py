@@ -72,11 +72,9 @@ async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Fedsqueeze
     await context.abort(code, str(exc))
 
 
-def check_decoded(message: Any, context: grpc.aio.ServicerContext, method: str, metrics: ServerMetrics,
-                  undecodable: UndecodableLog) -> None:
+def check_decoded(message: Any, context: grpc.aio.ServicerContext, method: str, undecodable: UndecodableLog) -> None:
     """Refuse (PayloadError) a request that did not parse, counted and logged at most once a minute per peer."""
     if isinstance(message, Malformed):
-        metrics.undecodable.inc()
         undecodable.note(context.peer(), method)
         raise PayloadError(f"a {message.size}-byte request that is not a valid protobuf message of this method")
 
@@ -86,7 +84,7 @@ def status_errors(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitabl
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
-            check_decoded(request, context, method.__name__, self._coordinator.metrics, self._undecodable)
+            check_decoded(request, context, method.__name__, self._undecodable)
             return await method(self, request, context)
         except FedsqueezeError as exc:
             await _abort(context, method.__name__, exc, self._coordinator.metrics)
@@ -119,7 +117,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._enrolment = enrolment
         self._stall_seconds = stall_seconds
         self._min_upload_rate = min_upload_rate
-        self._undecodable = UndecodableLog()
+        self._undecodable = UndecodableLog(coordinator.metrics.undecodable)
         # Uploads read and decoded at once. A stream holds its payload and its decoded tensors until it
         # commits, so memory grows with this number, not with the clients connected; streams beyond it
         # wait their turn with their payload still on the client (fedsqueeze.upload_turns).
@@ -147,7 +145,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     async def DownloadModel(self, request: pb.DownloadRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Chunk]:
         try:
-            check_decoded(request, context, "DownloadModel", self._coordinator.metrics, self._undecodable)
+            check_decoded(request, context, "DownloadModel", self._undecodable)
             self._check_session(context, request.session_id)
             download = self._coordinator.begin_download(request.session_id, request.task_id)
         except FedsqueezeError as exc:
@@ -166,7 +164,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                            context: grpc.aio.ServicerContext) -> pb.SubmitReply:
         messages = aiter(request_iterator)
         first = await anext(messages, None)
-        check_decoded(first, context, "SubmitUpdate", self._coordinator.metrics, self._undecodable)
+        check_decoded(first, context, "SubmitUpdate", self._undecodable)
         if first is None or not first.HasField("header"):
             raise PayloadError("an update stream must start with an UpdateHeader")
         self._check_session(context, first.header.session_id)
@@ -202,7 +200,7 @@ class FederationServicer(pb_grpc.FederationServicer):
                 self._stalled(upload, f"nothing received for {self._stall_seconds:g} s")
             if message is None:
                 break
-            check_decoded(message, context, "SubmitUpdate", self._coordinator.metrics, self._undecodable)
+            check_decoded(message, context, "SubmitUpdate", self._undecodable)
             if not upload.round.is_open:
                 raise RoundStateError(f"round {upload.round.number} closed during the upload")
             kind = message.WhichOneof("kind")
@@ -231,7 +229,7 @@ class OperatorServicer(pb_grpc.OperatorServicer):
     def __init__(self, coordinator: Coordinator, enrolment: Enrolment | None = None) -> None:
         self._coordinator = coordinator
         self._enrolment = enrolment
-        self._undecodable = UndecodableLog()
+        self._undecodable = UndecodableLog(coordinator.metrics.undecodable)
 
     @status_errors
     async def GetStatus(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.FederationStatus:

