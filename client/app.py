@@ -30,6 +30,13 @@ def load_partition(config: ClientConfig) -> Dataset:
     return raw.select(parts[config.partition_index])
 
 
+def load_held_out(config: ClientConfig) -> Dataset:
+    """This client's share of the test split (an IID share, whatever the training partition): what it evaluates
+    the global model on when the server holds no data."""
+    raw = load_split(config.data, "test")
+    return raw.select(partition(raw.labels, "iid", config.num_partitions, config.seed)[config.partition_index])
+
+
 def run_client(config: ClientConfig) -> int:
     """Run the daemon in a worker thread; SIGTERM/SIGINT stop it cleanly (a second one exits at once)."""
     if not MIN_CHUNK_BYTES <= config.chunk_bytes <= MAX_CHUNK_BYTES:
@@ -42,7 +49,7 @@ def run_client(config: ClientConfig) -> int:
     log.info("client %s: %d training examples (%s, partition %d of %d); %d cores, %.0f samples/s",
              client_id, len(data), config.partition, config.partition_index, config.num_partitions,
              capabilities.cpu_cores, capabilities.train_samples_per_second)
-    daemon = ClientDaemon(config, data, client_id, capabilities)
+    daemon = ClientDaemon(config, data, client_id, capabilities, held_out=lambda: load_held_out(config))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         if daemon_done.is_set() or stopping.is_set():

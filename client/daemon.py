@@ -14,12 +14,14 @@ one log line saying why.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import secrets
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import NoReturn
 
 import grpc
@@ -32,13 +34,23 @@ from fedsqueeze.client.trainers import TRAINERS, Stopped, Trainer
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.config import ClientConfig
 from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.evaluation import evaluate
+from fedsqueeze.methods import method_plugin
 from fedsqueeze.models import build_model
-from fedsqueeze.tensors import model_spec
+from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.transport import open_channel
 from fedsqueeze.upload_turns import TurnTakingUpload
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import EncodedModel, accepted_chunk_bytes, decode_tensor, encode_model, expect_all, receive_model
+from fedsqueeze.wire import (
+    EncodedModel,
+    ExpectedTensor,
+    accepted_chunk_bytes,
+    decode_tensor,
+    encode_model,
+    expect_all,
+    receive_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +67,13 @@ class FatalError(Exception):
 
 
 class ClientDaemon:
-    def __init__(self, config: ClientConfig, data: Dataset, client_id: str, capabilities: pb.Capabilities) -> None:
+    def __init__(self, config: ClientConfig, data: Dataset, client_id: str, capabilities: pb.Capabilities,
+                 held_out: Callable[[], Dataset] | None = None) -> None:
+        """``held_out`` loads this device's evaluation split when the server first asks for an evaluation."""
         self.config = config
         self.data = data
+        self._load_held_out = held_out
+        self._held_out: Dataset | None = None
         self.client_id = client_id
         self.capabilities = capabilities
         self.rounds_done = 0
@@ -67,6 +83,7 @@ class ClientDaemon:
         self._session: str | None = None
         self._chunk_bytes = config.chunk_bytes   # lowered to what the server accepts when it joins
         self._model_spec: pb.ModelSpec | None = None
+        self._model: torch.nn.Module | None = None
         self._trainers: dict[str, Trainer] = {}
         self._feedback = ErrorFeedback()
         self._backoff = Backoff(cap=config.max_backoff)
@@ -99,6 +116,8 @@ class ClientDaemon:
                         return 0
                     if kind == "train":
                         self._run_task(task.train)
+                    elif kind == "evaluate":
+                        self._run_evaluation(task.evaluate)
                     self._backoff.reset()
                 except grpc.RpcError as exc:
                     if self._stop.is_set():
@@ -157,24 +176,39 @@ class ClientDaemon:
             self._fail(None, f"this client's data has input shape {self.data.input_shape}, the federation's "
                              f"model expects {expected_shape}: check --data")
         self._model_spec = spec
-        self._trainers = {name: cls(model, self.data, seed=zlib.crc32(self.client_id.encode()))
-                          for name, cls in TRAINERS.items()}
+        self._model = model
+        self._trainers = {}
+
+    def _trainer(self, task: pb.TrainTask) -> Trainer:
+        """The client half of the task's method: built in, or a method plug-in's (refused for good if neither)."""
+        trainer = self._trainers.get(task.method)
+        if trainer is None:
+            try:
+                cls = TRAINERS[task.method] if task.method in TRAINERS else method_plugin(task.method).target.trainer
+            except ValueError as exc:
+                self._fail(task, f"the server runs method {task.method!r}, which this client cannot load ({exc})")
+            if not (isinstance(cls, type) and issubclass(cls, Trainer)):
+                self._fail(task, f"method {task.method!r}: its trainer {cls!r} is not a fedsqueeze Trainer subclass")
+            assert self._model is not None
+            trainer = self._trainers[task.method] = cls(self._model, self.data,
+                                                        seed=zlib.crc32(self.client_id.encode()))
+        return trainer
 
     def _poll(self) -> pb.Task:
         request = pb.GetTaskRequest(session_id=self._session, wait_ms=POLL_WAIT_MS)
         task = self._call(self._stub.GetTask.future(request, timeout=POLL_WAIT_MS / 1000 + UNARY_TIMEOUT))
         return task
 
-    def _download(self, task: pb.TrainTask, trainer: Trainer) -> dict[str, np.ndarray]:
-        request = pb.DownloadRequest(session_id=self._session, task_id=task.task_id)
+    def _download(self, task_id: str, expected: dict[str, ExpectedTensor]) -> dict[str, np.ndarray]:
+        request = pb.DownloadRequest(session_id=self._session, task_id=task_id)
         stream = self._stub.DownloadModel(request)
         self._inflight = stream
         try:
-            return receive_model(stream, trainer.expected_download(task))
+            return receive_model(stream, expected)
         finally:
             self._inflight = None
 
-    def _fail(self, task: pb.TrainTask | None, reason: str) -> NoReturn:
+    def _fail(self, task: pb.TrainTask | pb.EvaluateTask | None, reason: str) -> NoReturn:
         """Tell the server this client cannot do ``task`` (or any task), then stop for good (FatalError)."""
         reason = " ".join(reason.split())[:500]   # one line
         request = pb.FailureReport(session_id=self._session, task_id=task.task_id if task else "", reason=reason)
@@ -185,13 +219,10 @@ class ClientDaemon:
         raise FatalError(reason)
 
     def _run_task(self, task: pb.TrainTask) -> None:
-        trainer = self._trainers.get(task.method)
-        if trainer is None:
-            self._fail(task, f"the server runs method {task.method!r}, which this client does not know "
-                             f"(it knows {', '.join(sorted(TRAINERS))}): upgrade fedsqueeze")
+        trainer = self._trainer(task)
         clock = [time.monotonic()]   # stage boundaries: where a round's time goes, for operators
         try:
-            downloaded = self._download(task, trainer)
+            downloaded = self._download(task.task_id, trainer.expected_download(task))
             clock.append(time.monotonic())
             hyperparameters = self._hyperparameters(task.hyperparameters)
             result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
@@ -209,6 +240,28 @@ class ClientDaemon:
                  "training %.1f s, encoding %.1f s, upload %.1f s", task.round, result.num_examples,
                  result.metrics.get("train_loss", float("nan")), update.payload_size,
                  *(b - a for a, b in zip(clock, clock[1:])))
+
+    def _run_evaluation(self, task: pb.EvaluateTask) -> None:
+        """Download the global model, evaluate it on this device's held-out split, send the metrics."""
+        assert self._model is not None
+        try:
+            if self._held_out is None:
+                if self._load_held_out is None:
+                    raise ValueError("this client has no held-out split to evaluate on")
+                self._held_out = self._load_held_out()
+            model = copy.deepcopy(self._model)   # the trainers' model keeps its own state
+            downloaded = self._download(task.task_id, expect_all(model_spec(float_state(model)), task.downlink_codec))
+            model.load_state_dict({n: torch.from_numpy(v) for n, v in downloaded.items()}, strict=False)
+            accuracy, loss = evaluate(model, self._held_out)
+        except (grpc.RpcError, Stopped):
+            raise
+        except Exception as exc:   # cannot evaluate here: say so rather than leave the evaluation waiting
+            self._fail(task, f"round {task.round}: evaluation failed: {type(exc).__name__}: {exc}")
+        report = pb.EvaluationReport(session_id=self._session, task_id=task.task_id, round=task.round,
+                                     num_examples=len(self._held_out), metrics={"accuracy": accuracy, "loss": loss})
+        self._call(self._stub.SubmitEvaluation.future(report, timeout=UNARY_TIMEOUT))
+        log.info("round %d: evaluated the global model on %d held-out examples: accuracy %.4f, loss %.4f",
+                 task.round, len(self._held_out), accuracy, loss)
 
     def _encode_update(self, task: pb.TrainTask, update: dict[str, torch.Tensor], metrics: dict[str, float],
                        feedback_applied: bool) -> EncodedModel:

@@ -121,20 +121,41 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    """Every model, dataset and codec stage a spec may name, and where each comes from."""
+    """Every model, dataset, codec stage, training loop and method a spec may name, and where each comes from."""
     from fedsqueeze.codecs import registered_stages
+    from fedsqueeze.config import BUILTIN_LOOPS
     from fedsqueeze.data.datasets import builtin_datasets
+    from fedsqueeze.methods import BUILTIN_PARAMS
     from fedsqueeze.models import builtin_models
     from fedsqueeze.plugins import listing
 
-    kinds = {"models": builtin_models(), "datasets": builtin_datasets(),
-             "codecs": dict.fromkeys(registered_stages())}
-    for kind, builtins in kinds.items():
-        print(f"{kind} (--{'model' if kind == 'models' else 'data' if kind == 'datasets' else 'uplink/--downlink'}, "
-              f"entry points fedsqueeze.{kind}):")
+    kinds = {"models": (builtin_models(), "--model"), "datasets": (builtin_datasets(), "--data"),
+             "codecs": (dict.fromkeys(registered_stages()), "--uplink/--downlink"),
+             "trainers": (dict.fromkeys(BUILTIN_LOOPS), "--trainer"), "methods": (BUILTIN_PARAMS, "--method")}
+    for kind, (builtins, flag) in kinds.items():
+        print(f"{kind} ({flag}, entry points fedsqueeze.{kind}):")
         for name, origin in listing(kind, builtins):
             print(f"  {name:<20} {origin}")
-    print("models and datasets may also be import paths: --model 'mypkg.models:build(hidden=32)'")
+    print("all but codec stages may also be import paths: --model 'mypkg.models:build(hidden=32)'")
+    return 0
+
+
+def _methods(args: argparse.Namespace) -> int:
+    """Each method's parameters with their types, defaults and meaning."""
+    from fedsqueeze.methods import BUILTIN_PARAMS, method_plugin
+    from fedsqueeze.plugins import listing
+
+    methods = {name: cls for name, cls in BUILTIN_PARAMS.items()}
+    for name, _ in listing("methods", {}):
+        methods[name] = method_plugin(name).target.params
+    for name, cls in methods.items():
+        if args.method and name != args.method:
+            continue
+        rows = cls.describe()
+        print(f"{name}{'' if rows else ' (no parameters of its own)'}")
+        for key, kind, default, text in rows:
+            print(f"  {key:<16} {kind:<10} {default!s:<28} {text}")
+    print('set them in the method spec: --method "fedcompress(k0=8,kd_epochs=2)"')
     return 0
 
 
@@ -193,10 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="do nothing when the folder already holds a CA and tokens (for start-up scripts)")
     certs.set_defaults(run=_certs)
 
-    plugins = commands.add_parser("plugins", help="list the models, datasets and codec stages specs may name",
-                                  description="list the models, datasets and codec stages specs may name, "
+    plugins = commands.add_parser("plugins", help="list the models, datasets, codecs, loops and methods specs "
+                                  "may name", description="list what specs may name, "
                                   "and where each comes from (built in or an installed package's entry point)")
     plugins.set_defaults(run=_plugins)
+
+    methods = commands.add_parser("methods", help="list each method's parameters, with defaults",
+                                  description="list each method's parameters (set in the --method spec), with "
+                                  "their types, defaults and meaning")
+    methods.add_argument("method", nargs="?", default="", help="only this method")
+    methods.set_defaults(run=_methods)
     return parser
 
 

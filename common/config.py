@@ -22,6 +22,7 @@ ENV_PREFIX = "FEDSQUEEZE_"
 # Lossless by default: float32 byte planes through zstd cost 15-24% fewer bytes than raw float32 for a few ms.
 LOSSLESS_CODEC = "dense(shuffle=true)|zstd"
 OPTIMIZERS = ("sgd", "adam")   # what the client trainers build from Hyperparameters.optimizer
+BUILTIN_LOOPS = ("local",)      # the training loops fedsqueeze.client.loops holds (plug-ins besides)
 
 
 def option(default: Any, help: str) -> Any:
@@ -43,9 +44,18 @@ class ServerConfig:
                                         "0.0.0.0:9464; off when not given")
     tokens: str | None = option(None, "JSON file of enrolled clients {client id: sha256 of its token}: every call "
                                 "must then carry an enrolled token and act only as its client (fedsqueeze certs)")
-    data: str = option("fashion-mnist", "dataset spec; the server evaluates on its test split")
+    data: str = option("fashion-mnist", "dataset spec; the server evaluates on its test split. none: the server "
+                       "holds no data (give --input-shape and --num-classes) and clients evaluate each round's "
+                       "model on their held-out share (federated evaluation)")
+    input_shape: str = option("", "with --data none: one example's shape, comma-separated, e.g. 30 or 1,28,28")
+    num_classes: int = option(0, "with --data none: the number of classes")
+    fraction_evaluate: float = option(1.0, "with --data none: fraction of connected clients asked to evaluate "
+                                      "each round's model (each evaluation costs one model download)")
     model: str = option("cnn", "model spec, e.g. cnn or cnn(width=16) or mlp(hidden=512)")
-    method: str = option("fedavg", "federated method (server strategy + client trainer)")
+    method: str = option("fedavg", "federated method (server strategy + client trainer), e.g. "
+                         "fedcompress(k0=8); fedsqueeze methods lists them and their parameters")
+    trainer: str = option("local", "the clients' local training loop: local (mini-batch SGD or Adam on "
+                          "cross-entropy), or a plug-in, e.g. mypkg.loops:fedprox(mu=0.01)")
     rounds: int = option(5, "rounds to run")
     min_clients: int = option(2, "clients that must be connected before a round starts")
     fraction: float = option(1.0, "fraction of connected clients selected per round (at least min_clients)")
@@ -129,6 +139,8 @@ class SimulateConfig(ServerConfig):
     min_clients: int = option(0, "clients a round needs (0: all of --clients)")
     partition: str = option("iid", "partition scheme: iid, dirichlet(alpha=A) or skewed(last=N,classes=C,share=S)")
     partitions: int = option(0, "parts the data is split into (0: one per client); client i holds part i")
+    federated_evaluation: bool = option(False, "give the server no data: clients evaluate each round's model on "
+                                        "their share of the test split")
     budgets: str = option("", "compute budgets of the clients in order, comma-separated, repeating (e.g. 1,0.3,0.1)")
     client_threads: int = option(1, "torch threads per client process")
     out: str | None = option("runs/latest", "directory for report.json, report.png and logs")

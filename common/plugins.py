@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-KINDS = ("models", "datasets", "codecs")
+KINDS = ("models", "datasets", "codecs", "trainers", "methods")
 _IMPORT_PATH_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedsqueeze.config import ClientConfig, ServerConfig, SimulateConfig
+from fedsqueeze.data.datasets import load_split
 from fedsqueeze.plotting import plot_accuracy_vs_bytes
 from fedsqueeze.server.history import metrics_dict
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -145,6 +146,10 @@ def simulate(config: SimulateConfig) -> int:
     server_config = ServerConfig(**{f.name: getattr(config, f.name) for f in fields(ServerConfig)})
     server_config = replace(server_config, min_clients=config.min_clients or config.clients,
                             port_file=str(port_file), out=str(out))
+    if config.federated_evaluation:   # the server gets the data's shape only; clients evaluate
+        test = load_split(config.data, "test")
+        server_config = replace(server_config, data="none", num_classes=test.num_classes,
+                                input_shape=",".join(str(d) for d in test.images.shape[1:]))
     host = config.listen.rsplit(":", 1)[0].strip("[]")
     host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
     processes: list[subprocess.Popen[bytes]] = []

@@ -22,18 +22,20 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedsqueeze.config import OPTIMIZERS, ServerConfig
+from fedsqueeze.config import BUILTIN_LOOPS, OPTIMIZERS, ServerConfig
 from fedsqueeze.data.datasets import Dataset, load_split
 from fedsqueeze.enrolment import Enrolment
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.limits import MAX_CHUNK_BYTES, MIN_CHUNK_BYTES
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.plugins import resolve
 from fedsqueeze.server.checkpoint import CheckpointError, CheckpointStore
 from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.server.decoding import add_tolerant_servicer
 from fedsqueeze.server.metering import ByteMeter, MeteringInterceptor
 from fedsqueeze.server.servicer import FederationServicer, OperatorServicer
 from fedsqueeze.server.strategies import make_strategy
+from fedsqueeze.specs import parse_spec
 from fedsqueeze.transport import server_options
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
@@ -91,6 +93,24 @@ def check_settings(config: ServerConfig) -> None:
             raise SystemExit(message)
 
 
+NO_DATA = "none"
+
+
+def data_shape(config: ServerConfig) -> tuple[Dataset | None, tuple[int, ...], int]:
+    """(the test set, or None with ``--data none``; one example's shape; the number of classes)."""
+    if config.data != NO_DATA:
+        test_set = load_split(config.data, "test").select()
+        return test_set, test_set.input_shape, test_set.num_classes
+    try:
+        shape = tuple(int(d) for d in config.input_shape.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1 or config.num_classes < 1:
+        raise SystemExit("--data none needs --input-shape (e.g. 30 or 1,28,28) and --num-classes (>= 1): the "
+                         "model is built from them, and clients evaluate it on their own data")
+    return None, shape, config.num_classes
+
+
 def check_model(model: torch.nn.Module, test_set: Dataset, config: ServerConfig) -> None:
     """SystemExit unless the model takes one batch of the data and gives one score per class."""
     batch, training = test_set.x[:2], model.training
@@ -137,11 +157,19 @@ async def serve(config: ServerConfig) -> None:
     if config.threads:
         torch.set_num_threads(config.threads)
     raise_open_file_limit()
-    test_set = load_split(config.data, "test").select()
-    model_spec = make_model_spec(config.model, test_set.input_shape, test_set.num_classes)
+    if not 0 < config.fraction_evaluate <= 1:
+        raise SystemExit(f"--fraction-evaluate must be in (0, 1], not {config.fraction_evaluate}")
+    test_set, input_shape, num_classes = data_shape(config)
+    model_spec = make_model_spec(config.model, input_shape, num_classes)
     model = build_model(model_spec, seed=config.seed)
-    check_model(model, test_set, config)
-    evaluate_on_test = partial(evaluate, data=test_set)
+    # without data, two examples of zeros still show whether the model takes this shape and scores each class
+    check_model(model, test_set or Dataset(torch.zeros(2, *input_shape), torch.zeros(2, dtype=torch.long),
+                                           num_classes), config)
+    try:
+        resolve("trainers", parse_spec(config.trainer)[0], dict.fromkeys(BUILTIN_LOOPS))   # clients need it too
+    except ValueError as exc:
+        raise SystemExit(f"--trainer {config.trainer!r}: {exc}") from None
+    evaluate_on_test = partial(evaluate, data=test_set) if test_set is not None else None
     try:
         strategy = make_strategy(config, model, model_spec, evaluate_on_test)
     except ValueError as exc:
@@ -161,9 +189,10 @@ async def serve(config: ServerConfig) -> None:
                     "server starts the federation over")
     elif not resumed:
         log.info("checkpoints go to %s after every round", store.folder)
-    log.info("model %s: %d parameters; method %s; uplink %s; downlink %s; test set %d examples",
-             model_spec.name, sum(p.numel() for p in model.parameters()), strategy.name,
-             strategy.settings.uplink, strategy.settings.downlink, len(test_set))
+    log.info("model %s: %d parameters; method %s; uplink %s; downlink %s; %s", model_spec.name,
+             sum(p.numel() for p in model.parameters()), strategy.name, strategy.settings.uplink,
+             strategy.settings.downlink, f"test set {len(test_set)} examples" if test_set is not None else
+             "no data: clients evaluate each round's model (federated evaluation)")
 
     enrolment = Enrolment.load(config.tokens) if config.tokens else None
     if enrolment is None:

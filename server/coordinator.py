@@ -18,6 +18,10 @@ A round: wait for ``min_clients`` -> select -> ask the strategy for plans ->
 encode the download once per profile -> hand out train tasks through long-polls
 -> commit verified updates into the running sum -> close at quorum or deadline
 -> aggregate -> evaluate -> record -> checkpoint (with a state directory). A
+server without data evaluates through its clients (federated evaluation): after
+aggregating it opens an evaluation round on the same machinery (select, encode
+the new model once, hand out evaluate tasks, collect ``SubmitEvaluation``
+reports, close at quorum or deadline) and records the example-weighted mean. A
 round attempt that gets no update by its deadline is planned again with a fresh
 selection. Started on a state directory that holds a checkpoint, the loop
 resumes at the round after it.
@@ -33,7 +37,7 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,9 +57,10 @@ from fedsqueeze.server.metering import ByteMeter, Traffic
 from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.server.storage import write_json_atomic
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
+from fedsqueeze.specs import parse_spec
 from fedsqueeze.text import shown
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.wire import EncodedModel, EncodedTensor, ExpectedTensor, decode_tensor, encode_model
+from fedsqueeze.wire import EncodedModel, EncodedTensor, ExpectedTensor, decode_tensor, encode_model, expect_all
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +68,7 @@ MAX_NUM_EXAMPLES = 1 << 31
 MAX_UPDATE_METRICS = 64
 MAX_PLAN_CHARACTERS = 256      # a client's codec plan; the built-in plans are well under 100
 MAX_DOWNLOADS_PER_CLIENT = 2   # DownloadModel streams one client may hold open at once
+EVALUATION_PROFILE = "evaluate"   # the one download of an evaluation round
 RETRY_SECONDS = 5.0            # pause before trying again a round that could not be prepared or closed
 MAX_ROUND_FAILURES = 3         # a round that fails this many times in a row stops the federation
 
@@ -98,6 +104,7 @@ class OpenRound:
     metric_sums: dict[str, float] = field(default_factory=dict)
     metric_weight: float = 0.0
     failures: list[str] = field(default_factory=list)   # why each dropped task failed, bounded text
+    evaluation: bool = False   # an evaluation round: evaluate tasks, answered with SubmitEvaluation
     by_task: dict[str, Assignment] = field(init=False)
     by_status: Counter[str] = field(init=False)
 
@@ -111,9 +118,13 @@ class OpenRound:
         self.by_status[status] += 1
         assignment.status = status
 
+    def mean(self, metric: str) -> float:
+        """The example-weighted mean of a metric the committed clients reported (NaN when none did)."""
+        return self.metric_sums[metric] / self.metric_weight if metric in self.metric_sums else math.nan
+
     @property
     def committed(self) -> int:
-        """Updates committed in this round attempt."""
+        """Updates (or evaluations) committed in this round attempt."""
         return self.by_status["committed"]
 
     @property
@@ -156,7 +167,7 @@ class Coordinator:
     """The round loop and the client calls' decisions (see the module doc for which thread runs what)."""
 
     def __init__(self, config: ServerConfig, strategy: Strategy, model_spec: pb.ModelSpec,
-                 evaluate: Callable[[nn.Module], tuple[float, float]], meter: ByteMeter,
+                 evaluate: Callable[[nn.Module], tuple[float, float]] | None, meter: ByteMeter,
                  store: CheckpointStore | None = None, metrics: ServerMetrics | None = None) -> None:
         self.config = config
         self.strategy = strategy
@@ -169,7 +180,7 @@ class Coordinator:
         self.phase = pb.WAITING_FOR_CLIENTS
         self.current: OpenRound | None = None
         self.history: list[pb.RoundMetrics] = []
-        self._evaluate = evaluate
+        self._evaluate = evaluate   # on the server's test set; None: federated evaluation
         self._rng = random.Random(config.seed)
         self._changed = asyncio.Event()         # anything changed: the round loop and the linger wait on it
         self._tasks_changed = asyncio.Event()   # a round opened or the federation finished: long-polls wait on it
@@ -182,6 +193,8 @@ class Coordinator:
         self.metrics.watch_traffic(self.total_traffic)
         self.metrics.clients.set_function(lambda: len(self.clients.available()))
         self._first_round = 1
+        self._method_name = parse_spec(config.method)[0]   # clients find the trainer by the spec's name
+        self._method_params = strategy.params.as_dict()   # every task carries them: the trainer reads the same
         self.stopped_because: str | None = None   # why the federation stopped early; None while it has not
         self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
         # The one thread that runs every strategy hook, off the event loop. Jobs run in submission order, so a
@@ -335,7 +348,12 @@ class Coordinator:
             strategy_metrics = await loop.run_in_executor(
                 self._strategy_thread, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
             aggregated = loop.time()
-            accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
+            if self._evaluate is not None:
+                accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
+                evaluation = None
+            else:
+                evaluation = await self._federated_evaluation(rnd.number)
+                accuracy, loss = evaluation.mean("accuracy"), evaluation.mean("loss")
             evaluated = loop.time()
             strategy_metrics, dropped_too = finite_metrics(strategy_metrics)
             traffic = self.meter.snapshot()
@@ -347,8 +365,10 @@ class Coordinator:
             record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
                                      bytes_down=spent.down, seconds=loop.time() - rnd.started,
                                      selected=len(rnd.assignments), updates=rnd.committed,
-                                     dense_bytes_up=rnd.dense_up, dense_bytes_down=rnd.dense_down, metrics=metrics,
-                                     failed=rnd.by_status["failed"])
+                                     dense_bytes_up=rnd.dense_up,
+                                     dense_bytes_down=rnd.dense_down + (evaluation.dense_down if evaluation else 0),
+                                     metrics=metrics, failed=rnd.by_status["failed"],
+                                     evaluated=evaluation.committed if evaluation else 0)
             if self._store:
                 await loop.run_in_executor(self._strategy_thread, self._checkpoint, record)
         except Exception as exc:
@@ -366,6 +386,69 @@ class Coordinator:
                  record.seconds, aggregated - closed, evaluated - aggregated)
         await asyncio.to_thread(self.write_report)
         return True
+
+    async def _federated_evaluation(self, number: int) -> OpenRound:
+        """Ask clients to evaluate the new global model; return the closed evaluation round (its metric sums).
+
+        ``--fraction-evaluate`` of the available clients (at least one) each download the model once, encoded
+        with the server's downlink plan, and report metrics on their held-out split. It closes at quorum or
+        after ``--round-timeout``; a round that no client evaluated records accuracy and loss as NaN (the report
+        writes null) and ``evaluated`` 0.
+        """
+        await self._wait_for_clients()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        available = self.clients.available()
+        count = min(len(available), max(1, math.ceil(self.config.fraction_evaluate * len(available))))
+        selected = self._rng.sample(available, count)
+        tensors, codec = await loop.run_in_executor(self._strategy_thread, self.strategy.evaluation_model)
+        encoded = await loop.run_in_executor(self._decoding, encode_model, tensors,
+                                             expect_all(self.strategy.specs, codec))
+        plan = ClientPlan(profile=EVALUATION_PROFILE, hyperparameters=pb.Hyperparameters(), uplink_codec="",
+                          downlink_codec=codec)
+        assignments = {c.client_id: Assignment(c.client_id, secrets.token_urlsafe(12), plan, {}) for c in selected}
+        rnd = OpenRound(number, 1, started, loop.time() + self.config.round_timeout, assignments,
+                        {EVALUATION_PROFILE: encoded}, None, evaluation=True)
+        for assignment in assignments.values():
+            if not self.clients.has(assignment.client_id):
+                rnd.move(assignment, "left")
+        self.current = rnd
+        self._close_if_settled(rnd)
+        self.phase = pb.EVALUATING
+        self._notify(tasks=True)
+        log.info("round %d: %d clients evaluate the new model", number, count)
+        await self._wait_until_closed(rnd)
+        if not rnd.committed:
+            log.warning("round %d: no client evaluated the model before the deadline", number)
+        return rnd
+
+    def submit_evaluation(self, report: pb.EvaluationReport) -> pb.SubmitReply:
+        """Count one client's evaluation of the global model, weighted by its held-out examples."""
+        client = self.clients.by_session(report.session_id)
+        rnd, assignment = self._open_task(report.task_id, client)
+        if not rnd.evaluation:
+            raise RoundStateError(f"task {shown(report.task_id, 40)} is a train task: send its update with "
+                                  "SubmitUpdate")
+        if report.round != rnd.number:
+            raise RoundStateError(f"report says round {report.round}, but task {report.task_id} evaluates round "
+                                  f"{rnd.number}")
+        if assignment.status != "assigned":
+            raise RoundStateError(f"task {shown(report.task_id, 40)}: an evaluation was already counted")
+        if not 1 <= report.num_examples <= MAX_NUM_EXAMPLES:
+            raise PayloadError(f"num_examples must be in [1, {MAX_NUM_EXAMPLES}], not {report.num_examples}")
+        check_metrics(report.metrics)
+        weight = min(report.num_examples, self.config.max_examples)
+        rnd.move(assignment, "committed")
+        for key, value in report.metrics.items():
+            rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + value * weight
+        rnd.metric_weight += weight
+        client.updates_committed += 1
+        log.info("round %d: evaluation %d/%d from %s (%d examples, accuracy %.4f)", rnd.number, rnd.committed,
+                 len(rnd.assignments), client.client_id, report.num_examples,
+                 report.metrics.get("accuracy", float("nan")))
+        self._close_if_settled(rnd)
+        self._notify()
+        return pb.SubmitReply(round=rnd.number)
 
     def _checkpoint(self, record: pb.RoundMetrics) -> None:
         """On the strategy thread (``state_dict`` may write files): save the state after ``record``'s round."""
@@ -499,9 +582,14 @@ class Coordinator:
         if assignment is None or assignment.status != "assigned":
             return None
         plan = assignment.plan
+        if rnd.evaluation:
+            return pb.Task(evaluate=pb.EvaluateTask(
+                round=rnd.number, task_id=assignment.task_id, downlink_codec=plan.downlink_codec,
+                model_payload_size=rnd.downlinks[plan.profile].payload_size))
         return pb.Task(train=pb.TrainTask(
-            round=rnd.number, task_id=assignment.task_id, method=self.strategy.name,
-            method_config_json=json.dumps(plan.method_config), hyperparameters=plan.hyperparameters,
+            round=rnd.number, task_id=assignment.task_id, method=self._method_name, trainer=self.config.trainer,
+            method_config_json=json.dumps({**plan.method_config, "params": self._method_params}),
+            hyperparameters=plan.hyperparameters,
             uplink_codec=plan.uplink_codec, downlink_codec=plan.downlink_codec,
             model_payload_size=rnd.downlinks[plan.profile].payload_size,
             error_feedback=self.config.error_feedback and plan.error_feedback))
@@ -524,7 +612,8 @@ class Coordinator:
             return
         assignment.downloaded = True
         rnd.dense_down += self._model_float32_bytes
-        self._strategy_thread.submit(self.strategy.downloaded, assignment.plan, download.model.payload_size)
+        if not rnd.evaluation:
+            self._strategy_thread.submit(self.strategy.downloaded, assignment.plan, download.model.payload_size)
 
     def begin_upload(self, header: pb.UpdateHeader) -> Upload:
         """Check an update's header; reserve its task until ``commit`` or ``Upload.release``."""
@@ -533,18 +622,16 @@ class Coordinator:
         if header.round != rnd.number:
             raise RoundStateError(f"update says round {header.round}, but task {header.task_id} "
                                   f"belongs to round {rnd.number}")
+        if rnd.evaluation:
+            raise RoundStateError(f"task {shown(header.task_id, 40)} is an evaluate task: send its result with "
+                                  "SubmitEvaluation")
         if assignment.status == "committed":
             raise RoundStateError(f"task {header.task_id}: an update was already committed")
         if assignment.status == "uploading":
             raise ConflictError(f"task {header.task_id}: another upload is in progress")
         if not 1 <= header.num_examples <= MAX_NUM_EXAMPLES:
             raise PayloadError(f"num_examples must be in [1, {MAX_NUM_EXAMPLES}], not {header.num_examples}")
-        if len(header.metrics) > MAX_UPDATE_METRICS:
-            raise PayloadError(f"at most {MAX_UPDATE_METRICS} metrics per update, not {len(header.metrics)}")
-        bad = [k for k, v in header.metrics.items() if not math.isfinite(v) or len(k) > 64]
-        if bad:
-            raise PayloadError(f"metrics {', '.join(shown(k, 64) for k in sorted(bad)[:3])} have non-finite "
-                               "values or names over 64 characters")
+        check_metrics(header.metrics)
         rnd.move(assignment, "uploading")
         return Upload(rnd, assignment, client, header)
 
@@ -670,6 +757,16 @@ class Coordinator:
             await asyncio.wait_for(changed.wait(), max(timeout, 0.0))
         except TimeoutError:
             pass
+
+
+def check_metrics(metrics: Mapping[str, float]) -> None:
+    """PayloadError unless a client's metrics are at most MAX_UPDATE_METRICS finite values with short names."""
+    if len(metrics) > MAX_UPDATE_METRICS:
+        raise PayloadError(f"at most {MAX_UPDATE_METRICS} metrics per message, not {len(metrics)}")
+    bad = [k for k, v in metrics.items() if not math.isfinite(v) or len(k) > 64]
+    if bad:
+        raise PayloadError(f"metrics {', '.join(shown(k, 64) for k in sorted(bad)[:3])} have non-finite "
+                           "values or names over 64 characters")
 
 
 def finite_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], int]:

@@ -8,14 +8,14 @@ T^2 * KL(p_teacher || p_student) at temperature T (Hinton et al., 2015).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from fedsqueeze.data.ood import load_ood
+from fedsqueeze.methods import DistillationParams
 from fedsqueeze.specs import parse_spec
 
 TeacherProbabilities = Callable[[torch.Tensor, float], torch.Tensor]
@@ -68,33 +68,29 @@ def distill(student: nn.Module, teacher: TeacherProbabilities, data: torch.Tenso
 
 
 class Distillation:
-    """A method's server-side distillation: settings from its spec, and its unlabeled set, made once.
+    """A method's server-side distillation: its settings (``DistillationParams``) and its unlabeled set, made once.
 
-    Parameters (shared by the methods that distil): distill (true), kd_epochs,
-    kd_lr (1e-4), kd_batch (256), temperature (2.0), ``<set>`` (the unlabeled
-    set's spec: "procedural" or a dataset other than the federation's) and
-    ``<set>_samples`` (5000). A tenth of the set is held out to measure the KL.
+    ``set_spec`` names the unlabeled set ("procedural" or a dataset other than the federation's), ``samples``
+    its size, ``set_key`` the method parameter that chose it (for messages). A tenth of the set is held out
+    to measure the KL.
     """
 
     HELD_OUT = 0.1
 
-    @staticmethod
-    def params(set_key: str) -> frozenset[str]:
-        return frozenset({"distill", "kd_epochs", "kd_lr", "kd_batch", "temperature", set_key, f"{set_key}_samples"})
-
-    def __init__(self, params: Mapping[str, Any], method: str, federation_data: str, input_shape: tuple[int, ...],
-                 seed: int, set_key: str, default_epochs: int) -> None:
+    def __init__(self, params: DistillationParams, set_spec: str, samples: int, set_key: str, federation_data: str,
+                 input_shape: tuple[int, ...], seed: int) -> None:
+        method = params.method
         if len(input_shape) != 3:
             raise ValueError(f"{method} distils on unlabelled images (C, H, W); this model's inputs are "
                              f"{list(input_shape)}: use a method without distillation (fedavg, ae) for such data")
-        self.enabled = bool(params.get("distill", True))
-        self.epochs = int(params.get("kd_epochs", default_epochs))
-        self.lr = float(params.get("kd_lr", 1e-4))
-        self.batch = int(params.get("kd_batch", 256))
-        self.temperature = float(params.get("temperature", 2.0))
-        self.set_spec = str(params.get(set_key, "procedural"))
-        self.samples = int(params.get(f"{set_key}_samples", 5000))
-        if parse_spec(self.set_spec)[0] == parse_spec(federation_data)[0]:
+        self.enabled = params.distill
+        self.epochs = params.kd_epochs
+        self.lr = params.kd_lr
+        self.batch = params.kd_batch
+        self.temperature = params.temperature
+        self.set_spec = set_spec
+        self.samples = samples
+        if federation_data and parse_spec(self.set_spec)[0] == parse_spec(federation_data)[0]:
             raise ValueError(f"{method}: the distillation set must not be the federation's own data "
                              f"({federation_data}); use {set_key}=procedural or another dataset")
         self.input_shape = input_shape

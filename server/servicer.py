@@ -187,6 +187,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         self._coordinator.report_failure(request.session_id, request.task_id, request.reason)
         return pb.FailureReply()
 
+    @status_errors
+    async def SubmitEvaluation(self, request: pb.EvaluationReport,
+                               context: grpc.aio.ServicerContext) -> pb.SubmitReply:
+        self._check_session(context, request.session_id)
+        return self._coordinator.submit_evaluation(request)
+
     async def _receive(self, upload: Upload, messages: AsyncIterator[pb.UpdateMessage],
                        context: grpc.aio.ServicerContext) -> pb.SubmitReply:
         """Read an update's tensor stream and, once its digest is verified, hand it to the coordinator."""

@@ -161,7 +161,7 @@ def test_delta_k_fixes_the_uplink_clusters_and_leaves_the_served_model_at_the_sc
     default = FedCompress(build_model(small_settings().model_spec, seed=0), small_settings(k0=12))
     default_plan = default.configure(1, [ClientInfo("c1", pb.Capabilities(), "session")])["c1"]
     assert default_plan.uplink_codec == default_plan.downlink_codec
-    for bad in ({"delta_k": 0}, {"delta_k": 300}, {"delta_k": 8, "upload": "model"}):
+    for bad in ({"delta_k": -1}, {"delta_k": 300}, {"delta_k": 8, "upload": "model"}):   # 0: the schedule's K
         with pytest.raises(ValueError, match="delta_k"):
             FedCompress(build_model(small_settings().model_spec), small_settings(**bad))
 

@@ -162,8 +162,9 @@ def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Pa
         "NaN features": (("--model", "mymod:build", "--data", "mymod:load(nan=true)"), "NaN or infinity"),
         "labels out of range": (("--model", "mymod:build", "--data", "mymod:load(negative=true)"),
                                 "labels must be class indices"),
-        "fedcompress without an embedding": (("--model", "mymod:build", *data, "--method", "fedcompress"),
-                                             "needs a model with a `features` module"),
+        "fedcompress without the declared embedding": (
+            ("--model", "mymod:build", "--data", "digits", "--method", "fedcompress(embedding=encoder)"),
+            "the model has no module 'encoder' to read the embedding from"),
         "reft on tabular data": (("--model", "mymod:build", *data, "--method", "reft"),
                                  "reft distils on unlabelled images"),
     }

@@ -11,7 +11,6 @@ feedback wraps the whole composite, so this trainer runs it itself.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ from fedsqueeze.client.trainers.base import Trainer, TrainResult
 from fedsqueeze.client.trainers.local import local_delta
 from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
 from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.methods import AutoencoderParams
 from fedsqueeze.tensors import TensorSpec, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 
@@ -64,6 +64,7 @@ def compose(total: np.ndarray, pipelines: list[tuple[str, Pipeline]]) -> tuple[d
 
 class AutoencoderTrainer(Trainer):
     method = "ae"
+    Params = AutoencoderParams
 
     def __init__(self, model: torch.nn.Module, data: Dataset, seed: int) -> None:
         super().__init__(model, data, seed)
@@ -73,36 +74,35 @@ class AutoencoderTrainer(Trainer):
 
     def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
             should_stop: Callable[[], bool]) -> TrainResult:
-        config = json.loads(task.method_config_json)
-        delta, metrics = local_delta(self.model, self.data, downloaded, hyperparameters, self.seed, task.round,
-                                     should_stop)
+        config, params = self.config(task), self.params(task)
+        assert isinstance(params, AutoencoderParams)
+        delta, examples, metrics = local_delta(self, task, downloaded, hyperparameters, should_stop)
         flat = flatten(delta, model_spec(delta))
-        coarse = get_pipeline(config["coarse"]) if config["coarse"] else None
-        if self.history.maxlen != config["history"]:
-            self.history = deque(self.history, maxlen=int(config["history"]))
+        coarse = get_pipeline(params.coarse) if params.coarse else None
+        if self.history.maxlen != params.history:
+            self.history = deque(self.history, maxlen=params.history)
         self.history.append(flat - round_trip(coarse, flat) if coarse else flat)   # what the autoencoder codes
 
         spec = AutoencoderSpec(**config["autoencoder"])
         if config["phase"] == "warmup":
-            return TrainResult(delta, len(self.data), metrics)
+            return TrainResult(delta, examples, metrics)
         if config["phase"] == "register":
             samples = np.concatenate([to_chunks(h, spec.chunk)[0] for h in self.history])
-            autoencoder, error = train_autoencoder(samples, spec, int(config["ae_epochs"]), float(config["ae_lr"]),
-                                                   seed=self.seed)
+            autoencoder, error = train_autoencoder(samples, spec, params.ae_epochs, params.ae_lr, seed=self.seed)
             LATENT_MODELS.register(config["decoder_id"], int(config["version"]), AutoencoderModel(autoencoder))
             self.reference_error = None
             self.feedback = ErrorFeedback()
             decoder = {DECODER_PREFIX + k: v.detach().clone() for k, v in autoencoder.decoder.state_dict().items()}
             metrics["ae_train_error"] = error
-            return TrainResult({**delta, **decoder}, len(self.data), metrics)
-        return self._latent_update(task, config, flat, coarse, metrics)
+            return TrainResult({**delta, **decoder}, examples, metrics)
+        return self._latent_update(task, params, flat, coarse, examples, metrics)
 
-    def _latent_update(self, task: pb.TrainTask, config: dict, flat: np.ndarray, coarse: Pipeline | None,
-                       metrics: dict[str, float]) -> TrainResult:
+    def _latent_update(self, task: pb.TrainTask, params: AutoencoderParams, flat: np.ndarray, coarse: Pipeline | None,
+                       examples: int, metrics: dict[str, float]) -> TrainResult:
         plan = get_plan(task.uplink_codec)
         total = self.feedback.compensate({"u": torch.from_numpy(flat)})["u"].numpy() if task.error_feedback else flat
         stages = [(COARSE, coarse), (UPDATE, plan.for_tensor(UPDATE)),
-                  (CORRECTION, plan.for_tensor(CORRECTION) if config["correction"] else None)]
+                  (CORRECTION, plan.for_tensor(CORRECTION) if params.correction else None)]
         parts, sent, errors = compose(total, [(name, p) for name, p in stages if p is not None])
         error = errors[UPDATE]
         if task.error_feedback:
@@ -110,7 +110,7 @@ class AutoencoderTrainer(Trainer):
             metrics["error_feedback_norm"] = self.feedback.norm()
         if self.reference_error is None:
             self.reference_error = error
-        drift = float(config["drift"])
+        drift = params.drift
         metrics.update(ae_error=error, ae_retrain=float(drift > 0 and error > (1 + drift) * self.reference_error))
-        return TrainResult({n: torch.from_numpy(v) for n, v in parts.items()}, len(self.data), metrics,
+        return TrainResult({n: torch.from_numpy(v) for n, v in parts.items()}, examples, metrics,
                            feedback_applied=True)

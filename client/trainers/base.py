@@ -3,27 +3,32 @@
 A trainer says what download it expects for a task (``expected_download``),
 trains on the device's own data, and returns the update to send (``fit``). The
 daemon does the networking and encoding; the trainer never sees the wire.
+The plain local training inside ``fit`` is the federation's training loop
+(``fedsqueeze.client.loops``), which ``train`` runs; the method's own steps
+wrap it. Each task carries the method's parameters, which ``params`` reads
+into the method's dataclass, the one its server strategy reads.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
+from fedsqueeze.client.loops import LocalRound, Stopped, TrainingLoop, round_generator
 from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.methods import MethodParams
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import ExpectedTensor, expect_all
 
-
-class Stopped(Exception):
-    """Training was interrupted because the daemon is shutting down."""
+__all__ = ["Stopped", "TrainResult", "Trainer", "round_generator"]
 
 
 @dataclass
@@ -38,11 +43,34 @@ class Trainer(ABC):
     """Client side of a method. Subclasses set ``method`` (the server strategy of the same name)."""
 
     method: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
 
     def __init__(self, model: nn.Module, data: Dataset, seed: int) -> None:
         self.model = model
         self.data = data
         self.seed = seed
+        self._loops: dict[str, TrainingLoop] = {}
+
+    @staticmethod
+    def config(task: pb.TrainTask) -> dict[str, Any]:
+        """This round's settings the strategy planned for this client (``ClientPlan.method_config``)."""
+        config = json.loads(task.method_config_json or "{}")
+        if not isinstance(config, dict):
+            raise ValueError("the task's method config is not a JSON object")
+        return config
+
+    def params(self, task: pb.TrainTask) -> MethodParams:
+        """The method's parameters as the server set them, typed and range-checked as on the server."""
+        return self.Params.from_spec(self.config(task).get("params", {}))
+
+    def train(self, model: nn.Module, data: Dataset, task: pb.TrainTask, hyperparameters: pb.Hyperparameters,
+              should_stop: Callable[[], bool]) -> tuple[int, dict[str, float]]:
+        """Run the task's training loop (``--trainer`` on the server) on ``model``: (examples, metrics)."""
+        loop = self._loops.get(task.trainer)
+        if loop is None:
+            loop = self._loops[task.trainer] = TrainingLoop.from_spec(task.trainer)
+        return loop(model, data, LocalRound(task.round, hyperparameters, round_generator(self.seed, task.round),
+                                            should_stop))
 
     def expected_download(self, task: pb.TrainTask) -> dict[str, ExpectedTensor]:
         """The tensors of this task's download (default: the whole model, in the downlink codec)."""

@@ -9,7 +9,6 @@ business: the client never needs the indices.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.client.trainers.local import round_generator, train_epochs
+from fedsqueeze.methods import ReftParams
 from fedsqueeze.pruning import keep_first, prune
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -26,10 +25,11 @@ from fedsqueeze.wire import ExpectedTensor, expect_all
 
 class ReftTrainer(Trainer):
     method = "reft"
+    Params = ReftParams
 
     def sub_model(self, task: pb.TrainTask) -> nn.Module:
         """A fresh sub-model with the task's channel counts (cut from this device's copy of the architecture)."""
-        channels = json.loads(task.method_config_json)["channels"]
+        channels = self.config(task)["channels"]
         if not isinstance(channels, dict) or not all(isinstance(v, int) for v in channels.values()):
             raise ValueError(f"reft task: channels must map layer names to counts, not {channels!r}")
         example = torch.zeros(1, *self.data.input_shape)
@@ -43,8 +43,7 @@ class ReftTrainer(Trainer):
         sub = self.sub_model(task)
         start = {name: torch.from_numpy(value) for name, value in downloaded.items()}
         sub.load_state_dict(start, strict=False)
-        generator = round_generator(self.seed, task.round)
-        metrics = train_epochs(sub, self.data, hyperparameters, generator, should_stop)
+        examples, metrics = self.train(sub, self.data, task, hyperparameters, should_stop)
         trained = float_state(sub)
-        metrics["width"] = float(json.loads(task.method_config_json)["width"])
-        return TrainResult({name: trained[name] - start[name] for name in start}, len(self.data), metrics)
+        metrics["width"] = float(self.config(task)["width"])
+        return TrainResult({name: trained[name] - start[name] for name in start}, examples, metrics)

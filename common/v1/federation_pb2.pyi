@@ -22,6 +22,7 @@ class FederationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TRAINING: _ClassVar[FederationState]
     AGGREGATING: _ClassVar[FederationState]
     FINISHED: _ClassVar[FederationState]
+    EVALUATING: _ClassVar[FederationState]
 DTYPE_UNSPECIFIED: DType
 FLOAT32: DType
 FLOAT16: DType
@@ -32,6 +33,7 @@ WAITING_FOR_CLIENTS: FederationState
 TRAINING: FederationState
 AGGREGATING: FederationState
 FINISHED: FederationState
+EVALUATING: FederationState
 
 class TensorHeader(_message.Message):
     __slots__ = ("name", "shape", "dtype", "codec", "payload_size")
@@ -134,7 +136,7 @@ class Hyperparameters(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("round", "task_id", "method", "method_config_json", "hyperparameters", "uplink_codec", "downlink_codec", "model_payload_size", "error_feedback")
+    __slots__ = ("round", "task_id", "method", "method_config_json", "hyperparameters", "uplink_codec", "downlink_codec", "model_payload_size", "error_feedback", "trainer")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +146,7 @@ class TrainTask(_message.Message):
     DOWNLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
     MODEL_PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    TRAINER_FIELD_NUMBER: _ClassVar[int]
     round: int
     task_id: str
     method: str
@@ -153,7 +156,20 @@ class TrainTask(_message.Message):
     downlink_codec: str
     model_payload_size: int
     error_feedback: bool
-    def __init__(self, round: _Optional[int] = ..., task_id: _Optional[str] = ..., method: _Optional[str] = ..., method_config_json: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., model_payload_size: _Optional[int] = ..., error_feedback: _Optional[bool] = ...) -> None: ...
+    trainer: str
+    def __init__(self, round: _Optional[int] = ..., task_id: _Optional[str] = ..., method: _Optional[str] = ..., method_config_json: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., model_payload_size: _Optional[int] = ..., error_feedback: _Optional[bool] = ..., trainer: _Optional[str] = ...) -> None: ...
+
+class EvaluateTask(_message.Message):
+    __slots__ = ("round", "task_id", "downlink_codec", "model_payload_size")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    DOWNLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
+    MODEL_PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    task_id: str
+    downlink_codec: str
+    model_payload_size: int
+    def __init__(self, round: _Optional[int] = ..., task_id: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., model_payload_size: _Optional[int] = ...) -> None: ...
 
 class Wait(_message.Message):
     __slots__ = ("retry_after_ms", "reason")
@@ -170,14 +186,16 @@ class Finished(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("train", "wait", "finished")
+    __slots__ = ("train", "wait", "finished", "evaluate")
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
+    EVALUATE_FIELD_NUMBER: _ClassVar[int]
     train: TrainTask
     wait: Wait
     finished: Finished
-    def __init__(self, train: _Optional[_Union[TrainTask, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ...) -> None: ...
+    evaluate: EvaluateTask
+    def __init__(self, train: _Optional[_Union[TrainTask, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., finished: _Optional[_Union[Finished, _Mapping]] = ..., evaluate: _Optional[_Union[EvaluateTask, _Mapping]] = ...) -> None: ...
 
 class DownloadRequest(_message.Message):
     __slots__ = ("session_id", "task_id")
@@ -238,6 +256,27 @@ class FailureReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class EvaluationReport(_message.Message):
+    __slots__ = ("session_id", "task_id", "round", "num_examples", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    task_id: str
+    round: int
+    num_examples: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
 class LeaveRequest(_message.Message):
     __slots__ = ("session_id", "reason")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -269,7 +308,7 @@ class ClientStatus(_message.Message):
     def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., seconds_since_seen: _Optional[float] = ..., updates_committed: _Optional[int] = ...) -> None: ...
 
 class RoundMetrics(_message.Message):
-    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics", "failed")
+    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics", "evaluated", "failed")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -288,6 +327,7 @@ class RoundMetrics(_message.Message):
     DENSE_BYTES_UP_FIELD_NUMBER: _ClassVar[int]
     DENSE_BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     round: int
     accuracy: float
@@ -300,8 +340,9 @@ class RoundMetrics(_message.Message):
     dense_bytes_up: int
     dense_bytes_down: int
     metrics: _containers.ScalarMap[str, float]
+    evaluated: int
     failed: int
-    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., failed: _Optional[int] = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., evaluated: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
 
 class FederationStatus(_message.Message):
     __slots__ = ("state", "round", "total_rounds", "method", "connected_clients", "clients", "bytes_up", "bytes_down", "last_round", "history")

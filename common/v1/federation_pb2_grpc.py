@@ -63,6 +63,11 @@ class FederationStub:
                 request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
                 response_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.FromString,
                 _registered_method=True)
+        self.SubmitEvaluation = channel.unary_unary(
+                '/fedsqueeze.v1.Federation/SubmitEvaluation',
+                request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
+                response_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.FromString,
+                _registered_method=True)
         self.Leave = channel.unary_unary(
                 '/fedsqueeze.v1.Federation/Leave',
                 request_serializer=fedsqueeze_dot_v1_dot_federation__pb2.LeaveRequest.SerializeToString,
@@ -85,14 +90,14 @@ class FederationServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTask(self, request, context):
-        """Long-polls for the client's next task: train, wait, or finished.
+        """Long-polls for the client's next task: train, evaluate, wait, or finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DownloadModel(self, request, context):
-        """Streams the model of a train task.
+        """Streams the model of a train or evaluate task.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,6 +118,14 @@ class FederationServicer:
         """Says the client cannot do its task (a model it cannot build, data that does not
         fit, a failing trainer): the server drops the task from its round at once and
         counts it, so the round settles without waiting for its deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SubmitEvaluation(self, request, context):
+        """Returns the result of an evaluate task: the global model's metrics on the
+        client's held-out split (federated evaluation, when the server holds no data).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -152,6 +165,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.ReportFailure,
                     request_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.FromString,
                     response_serializer=fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.SerializeToString,
+            ),
+            'SubmitEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitEvaluation,
+                    request_deserializer=fedsqueeze_dot_v1_dot_federation__pb2.EvaluationReport.FromString,
+                    response_serializer=fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.SerializeToString,
             ),
             'Leave': grpc.unary_unary_rpc_method_handler(
                     servicer.Leave,
@@ -298,6 +316,33 @@ class Federation:
             '/fedsqueeze.v1.Federation/ReportFailure',
             fedsqueeze_dot_v1_dot_federation__pb2.FailureReport.SerializeToString,
             fedsqueeze_dot_v1_dot_federation__pb2.FailureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedsqueeze.v1.Federation/SubmitEvaluation',
+            fedsqueeze_dot_v1_dot_federation__pb2.EvaluationReport.SerializeToString,
+            fedsqueeze_dot_v1_dot_federation__pb2.SubmitReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,6 +9,8 @@ from torch import nn
 
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.config import ServerConfig
+from fedsqueeze.methods import method_plugin
+from fedsqueeze.plugins import PluginError
 from fedsqueeze.server.strategies.autoencoder import Autoencoder
 from fedsqueeze.server.strategies.base import ClientPlan, ClientUpdate, Strategy, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
@@ -20,20 +22,30 @@ from fedsqueeze.v1 import federation_pb2 as pb
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedCompress, Autoencoder, Reft)}
 
 
+def strategy_class(name: str) -> type[Strategy]:
+    """The server half of method ``name``: a built-in, or a ``Method`` plug-in's strategy (PluginError if neither)."""
+    if name in STRATEGIES:
+        return STRATEGIES[name]
+    strategy = method_plugin(name).target.strategy
+    if not (isinstance(strategy, type) and issubclass(strategy, Strategy)):
+        raise PluginError(f"method {name!r}: its strategy {strategy!r} is not a fedsqueeze Strategy subclass")
+    return strategy
+
+
 def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSpec,
                   evaluate: Callable[[nn.Module], tuple[float, float]] | None = None) -> Strategy:
     """The strategy ``config.method`` names (e.g. ``fedcompress(k0=8)``); codec plans are checked here."""
     name, params = parse_spec(config.method)
-    cls = STRATEGIES.get(name)
-    if cls is None:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(STRATEGIES))}")
+    cls = strategy_class(name)
     hyperparameters = pb.Hyperparameters(epochs=config.epochs, batch_size=config.batch_size,
                                          learning_rate=config.lr, optimizer=config.optimizer,
                                          momentum=config.momentum)
-    settings = StrategySettings(model_spec, config.data, hyperparameters, get_plan(config.uplink).spec,
+    data = "" if config.data == "none" else config.data   # a server without data (federated evaluation)
+    settings = StrategySettings(model_spec, data, hyperparameters, get_plan(config.uplink).spec,
                                 get_plan(config.downlink).spec, config.client_codecs, config.seed, evaluate,
                                 Path(config.state_dir) if config.state_dir else None, params)
     return cls(model, settings)
 
 
-__all__ = ["ClientPlan", "ClientUpdate", "STRATEGIES", "Strategy", "StrategySettings", "make_strategy"]
+__all__ = ["ClientPlan", "ClientUpdate", "STRATEGIES", "Strategy", "StrategySettings", "make_strategy",
+           "strategy_class"]

@@ -25,13 +25,8 @@ metrics) for a new version. A client that restarted (new instance id) starts
 over at warm-up. Every byte is counted; per round the metrics split update
 payloads into warm-up, decoder, latent and correction bytes.
 
-Method parameters: warmup (3), warmup_codec ("cluster(k=16)|zstd"), chunk
-(3136), latent (16), hidden (64), activation ("linear"), latent_codec
-("cluster(k=16)|zstd"), correction ("" for none, e.g.
-"sparse(ratio=0.0005)|dense(dtype=float16)|zstd"), coarse ("" for none, e.g.
-"cluster(k=2)|zstd"), decoder_codec ("dense(dtype=float16)|zstd"), ae_epochs
-(60), ae_lr (1e-3), drift (0.25; 0 disables re-registration), history (8 past
-updates kept). Clients that grant at most half their device
+Method parameters: ``AutoencoderParams`` (``fedsqueeze methods`` lists them).
+Clients that grant at most half their device
 (compute_budget <= 0.5) get half the hidden units.
 """
 
@@ -58,6 +53,7 @@ from fedsqueeze.autoencoder import (
     unflatten,
 )
 from fedsqueeze.codecs import LATENT_MODELS, get_plan
+from fedsqueeze.methods import AutoencoderParams
 from fedsqueeze.server.aggregation import WeightedSum, add_mean_delta
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.storage import write_atomic, write_json_atomic
@@ -106,23 +102,18 @@ def payload_kind(name: str) -> str:
 
 class Autoencoder(Strategy[AutoencoderSum]):
     name = "ae"
-    params = frozenset({"warmup", "warmup_codec", "chunk", "latent", "hidden", "activation", "latent_codec",
-                        "correction", "coarse", "decoder_codec", "ae_epochs", "ae_lr", "drift", "history"})
+    Params = AutoencoderParams
+    params: AutoencoderParams
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
-        p = settings.params
-        self.warmup = int(p.get("warmup", 3))
-        if self.warmup < 1:
-            raise ValueError("ae: warmup must be >= 1 round (the autoencoder needs updates to learn from)")
-        self.warmup_codec = str(p.get("warmup_codec", "cluster(k=16)|zstd"))
-        self.latent_codec = str(p.get("latent_codec", "cluster(k=16)|zstd"))
-        self.decoder_codec = str(p.get("decoder_codec", "dense(dtype=float16)|zstd"))
-        self.stacks = {COARSE: str(p.get("coarse", "")), CORRECTION: str(p.get("correction", ""))}
-        self.base_spec = AutoencoderSpec(int(p.get("chunk", 3136)), int(p.get("latent", 16)),
-                                         int(p.get("hidden", 64)), str(p.get("activation", "linear")))
-        self.client_config = {"ae_epochs": int(p.get("ae_epochs", 60)), "ae_lr": float(p.get("ae_lr", 1e-3)),
-                              "drift": float(p.get("drift", 0.25)), "history": int(p.get("history", 8))}
+        p = self.params
+        self.warmup = p.warmup
+        self.warmup_codec = p.warmup_codec
+        self.latent_codec = p.latent_codec
+        self.decoder_codec = p.decoder_codec
+        self.stacks = {COARSE: p.coarse, CORRECTION: p.correction}
+        self.base_spec = AutoencoderSpec(p.chunk, p.latent, p.hidden, p.activation)
         self.numel = sum(spec.numel for spec in self.specs.values())
         self.clients: dict[str, ClientAutoencoder] = {}
         self._load_decoders()
@@ -148,9 +139,7 @@ class Autoencoder(Strategy[AutoencoderSum]):
         for client in clients:
             state = self._state(client)
             _, downlink = self.codecs_for(client)
-            config = {**self.client_config, "autoencoder": asdict(state.spec),
-                      "decoder_id": decoder_id(client.client_id), "coarse": self.stacks[COARSE],
-                      "correction": self.stacks[CORRECTION]}
+            config = {"autoencoder": asdict(state.spec), "decoder_id": decoder_id(client.client_id)}
             if state.version and not state.wants_new_version:
                 config.update(phase="latent", version=state.version)
                 rules = [f"latent(decoder={decoder_id(client.client_id)},version={state.version})|{self.latent_codec}"]

@@ -9,11 +9,11 @@ nothing method-specific.
 
 Threads: the coordinator calls every hook (``configure``, ``downlink``,
 ``expected_update``, ``new_accumulator``, ``accumulate``, ``aggregate``,
-``downloaded``, ``state_dict``, ``load_state_dict``) on one strategy thread,
+``downloaded``, ``evaluation_model``, ``state_dict``, ``load_state_dict``) on one strategy thread,
 one call at a time, never on the event loop: a hook may take seconds (cut
 sub-models, distil, write files) without delaying any RPC, and needs no lock
-for the strategy's own state. Only ``name``, ``params``, ``specs`` and
-``settings`` are read elsewhere, and they do not change after ``__init__``.
+for the strategy's own state. Only ``name``, ``params`` (the method's typed
+parameters), ``specs`` and ``settings`` are read elsewhere, and they do not change after ``__init__``.
 
 Each strategy names its accumulator type (``Strategy[CoverageSum]``); an
 accumulator that adds fields to ``WeightedSum`` also merges them.
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsqueeze.methods import MethodParams
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.tensors import TensorSpec, float_state, model_spec
@@ -62,7 +63,7 @@ class ClientPlan:
     hyperparameters: pb.Hyperparameters
     uplink_codec: str
     downlink_codec: str
-    method_config: dict[str, Any] = field(default_factory=dict)   # for the client trainer
+    method_config: dict[str, Any] = field(default_factory=dict)   # this round's settings for the client trainer
     error_feedback: bool = True        # False when clients send models rather than updates
     sends_delta: bool = True           # the update is a change to the model (so its norm is bounded)
 
@@ -86,13 +87,10 @@ class Strategy(ABC, Generic[Sum]):
     """Server side of a method. Subclasses set ``name`` (the client trainer of the same name pairs with it)."""
 
     name: ClassVar[str]
-    params: ClassVar[frozenset[str]] = frozenset()   # parameters the method spec may set
+    Params: ClassVar[type[MethodParams]] = MethodParams   # the method's typed parameters, shared with its trainer
 
     def __init__(self, model: nn.Module, settings: StrategySettings) -> None:
-        unknown = set(settings.params) - self.params
-        if unknown:
-            raise ValueError(f"method {self.name!r} takes no parameter(s) {', '.join(sorted(unknown))}"
-                             + (f"; it takes {', '.join(sorted(self.params))}" if self.params else ""))
+        self.params = self.Params.from_spec(settings.params)
         self.model = model
         self.settings = settings
         self.specs: dict[str, TensorSpec] = model_spec(float_state(model))
@@ -114,6 +112,11 @@ class Strategy(ABC, Generic[Sum]):
     @abstractmethod
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         """The tensors (specs and codecs) a client with ``plan`` must send."""
+
+    def evaluation_model(self) -> tuple[dict[str, torch.Tensor], str]:
+        """The global model clients evaluate when the server holds no data, and the codec plan it travels in
+        (default: the whole model in the server's downlink plan)."""
+        return float_state(self.model), self.settings.downlink
 
     def state_dict(self) -> dict[str, Any]:
         """What the strategy must remember across a server restart besides the model (JSON-able; default none)."""

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
+from fedsqueeze.methods import FedAvgParams
 from fedsqueeze.server.aggregation import WeightedSum, add_mean_delta
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.strategies.base import ClientPlan, Strategy
@@ -20,6 +21,7 @@ class FedAvg(Strategy[WeightedSum]):
     """
 
     name = "fedavg"
+    Params = FedAvgParams
 
     def configure(self, round_number: int, clients: Sequence[ClientInfo]) -> dict[str, ClientPlan]:
         plans = {}

@@ -21,17 +21,9 @@ What travels up (``upload``):
   with full-precision latent weights). Same wire format, same clustered
   student served. Benchmarks: README.
 
-Method parameters (``--method "fedcompress(k0=8,kd_epochs=2)"``):
-k0 (8), k_max (30), window (3), patience (4), acc_tol (0.01), score_tol (0.1)
-for the schedule; upload ("delta" or "model"), delta_k (with upload=delta, a
-fixed number of clusters for the uplink deltas; the schedule's K if not
-given), cluster_epochs (0 with delta, 1 with model: weight sharing would
-cluster away the delta's small steps),
-cluster_lr (5e-4), val_fraction (0.1) for clients; distill (true), kd_epochs
-(10), kd_lr (1e-4), kd_batch (256), temperature (2.0), ood ("procedural", or a
-dataset spec other than the federation's, e.g. "mnist"), ood_samples (5000)
-for the server; entropy ("ans" or "zstd") for the wire: clustered indices are
-close to i.i.d., so ans (at their entropy) beats zstd by about 15%. With
+Method parameters (``--method "fedcompress(k0=8,kd_epochs=2)"``): ``FedCompressParams``
+(``fedsqueeze methods`` lists them). Clustered indices are close to i.i.d., so
+``entropy=ans`` (at their entropy) beats zstd by about 15%. With
 ``upload=delta`` and a state directory, the float32 teacher is kept beside the
 checkpoint (``fedcompress/teacher-<round>.pt``) so a restart resumes it.
 """
@@ -50,6 +42,8 @@ import torch
 
 from fedsqueeze.clustering import cluster_model_, clustered_tensors, weight_sharing
 from fedsqueeze.codecs import get_plan
+from fedsqueeze.methods import FedCompressParams
+from fedsqueeze.representation import embedding_module
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened
@@ -113,37 +107,20 @@ class KSchedule:
 
 class FedCompress(Strategy[WeightedSum]):
     name = "fedcompress"
-    params = frozenset({"k0", "k_max", "window", "patience", "acc_tol", "score_tol", "upload", "cluster_epochs",
-                        "cluster_lr", "val_fraction", "entropy", "delta_k"}) | Distillation.params("ood")
+    Params = FedCompressParams
+    params: FedCompressParams
     TEACHERS_KEPT = 2   # the checkpoint being written and the one before it, which a crash falls back to
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
-        if not all(isinstance(getattr(model, part, None), torch.nn.Module) for part in ("features", "head")):
-            raise ValueError("fedcompress scores the penultimate embedding: it needs a model with a `features` "
-                             "module (inputs -> embedding) and a `head` (embedding -> scores), as "
-                             "fedsqueeze.models.Classifier has")
-        p = settings.params
-        self.schedule = KSchedule(int(p.get("k0", 8)), int(p.get("k_max", 30)), int(p.get("window", 3)),
-                                  int(p.get("patience", 4)), float(p.get("acc_tol", 0.01)),
-                                  float(p.get("score_tol", 0.1)))
-        self.upload = str(p.get("upload", "delta"))
-        if self.upload not in ("delta", "model"):
-            raise ValueError(f"fedcompress: upload must be delta or model, not {self.upload!r}")
-        deltas = self.upload == "delta"
-        self.delta_k = int(p["delta_k"]) if "delta_k" in p else None
-        if self.delta_k is not None and not (deltas and 1 <= self.delta_k <= 256):
-            raise ValueError(f"fedcompress: delta_k must be in 1..256 and needs upload=delta, "
-                             f"got delta_k={self.delta_k}, upload={self.upload}")
-        self.client_config = {"upload": self.upload, "cluster_epochs": int(p.get("cluster_epochs", 0 if deltas else 1)),
-                              "cluster_lr": float(p.get("cluster_lr", 5e-4)),
-                              "val_fraction": float(p.get("val_fraction", 0.1))}
+        p = self.params
+        embedding_module(model, p.embedding)   # refused here, at start, when the model has no embedding to score
+        self.schedule = KSchedule(p.k0, p.k_max, p.window, p.patience, p.acc_tol, p.score_tol)
+        deltas = p.upload == "delta"
+        self.delta_k = p.delta_k or None
         input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
-        self.distillation = Distillation(p, self.name, settings.data, input_shape, settings.seed, "ood",
-                                         default_epochs=10)
-        self.entropy = str(p.get("entropy", "ans"))
-        if self.entropy not in ("zstd", "ans"):
-            raise ValueError(f"fedcompress: entropy must be zstd or ans, not {self.entropy!r}")
+        self.distillation = Distillation(p, p.ood, p.ood_samples, "ood", settings.data, input_shape, settings.seed)
+        self.entropy = p.entropy
         self.clustered = set(clustered_tensors(model))
         self._ood: tuple[torch.Tensor, torch.Tensor] | None = None
         self._plans: dict[str, str] = {}
@@ -192,8 +169,8 @@ class FedCompress(Strategy[WeightedSum]):
         uplink = get_plan(self.plan(self.delta_k)).spec if self.delta_k else self._plans[profile]
         plan = ClientPlan(profile=profile, hyperparameters=self.settings.hyperparameters,
                           uplink_codec=uplink, downlink_codec=self._plans[profile],
-                          method_config={"k": k, **self.client_config},
-                          error_feedback=self.upload == "delta", sends_delta=self.upload == "delta")
+                          method_config={"k": k}, error_feedback=self.params.upload == "delta",
+                          sends_delta=self.params.upload == "delta")
         return {client.client_id: plan for client in clients}
 
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:

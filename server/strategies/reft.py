@@ -21,9 +21,7 @@ its measured training speed over ``reference_speed`` when that is set (capped
 at 1). Training cost grows about as width squared, so a client gets the widest
 tier ``w`` with ``w * w <= capacity``, or the narrowest tier.
 
-Method parameters: tiers ("1/0.75/0.5/0.25"), reference_speed (0: speed
-ignored), and the distillation's (``fedsqueeze.server.distillation.Distillation``,
-kd_epochs 2 by default, the unlabeled set named ``public``).
+Method parameters: ``ReftParams`` (``fedsqueeze methods`` lists them).
 
 Error feedback is off: the channels a sub-model holds change from round to
 round, so a residual in sub-model coordinates has nothing to be added to.
@@ -41,6 +39,7 @@ import numpy as np
 import torch
 
 from fedsqueeze.costs import training_cost
+from fedsqueeze.methods import ReftParams
 from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prune
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
@@ -119,16 +118,17 @@ class CoverageSum(WeightedSum):
 
 class Reft(Strategy[CoverageSum]):
     name = "reft"
-    params = frozenset({"tiers", "reference_speed"}) | Distillation.params("public")
+    Params = ReftParams
+    params: ReftParams
 
     def __init__(self, model: torch.nn.Module, settings: StrategySettings) -> None:
         super().__init__(model, settings)
-        p = settings.params
-        self.widths = parse_tiers(p.get("tiers", "1/0.75/0.5/0.25"))
-        self.reference_speed = float(p.get("reference_speed", 0.0))
+        p = self.params
+        self.widths = parse_tiers(p.tiers)
+        self.reference_speed = p.reference_speed
         self.input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
-        self.distillation = Distillation(p, self.name, settings.data, self.input_shape, settings.seed, "public",
-                                         default_epochs=2)
+        self.distillation = Distillation(p, p.public, p.public_samples, "public", settings.data, self.input_shape,
+                                         settings.seed)
         self.example = torch.zeros(1, *self.input_shape)
         self.cuts: dict[float, TierCut] = {}
         self.profiles: dict[str, tuple[float, str]] = {}

@@ -1,0 +1,22 @@
+"""REFT's parameters, read by its server strategy (its client trainer needs only each round's cut)."""
+
+from dataclasses import dataclass
+
+from fedsqueeze.methods.base import DistillationParams, param
+
+
+@dataclass(frozen=True)
+class ReftParams(DistillationParams):
+    method = "reft"
+
+    tiers: str = param("1/0.75/0.5/0.25", "widths of the sub-model tiers, largest first, '/'-separated")
+    reference_speed: float = param(0.0, "training samples/s of a full-capacity device (0: budgets alone size tiers)")
+    kd_epochs: int = param(2, "distillation epochs per round (0: none)")
+    public: str = param("procedural", "unlabelled distillation images: procedural, or a dataset other than the "
+                        "federation's")
+    public_samples: int = param(5000, "distillation images")
+
+    def check(self) -> None:
+        super().check()
+        if self.reference_speed < 0 or self.public_samples < 10:
+            raise ValueError("reft: need reference_speed >= 0 and public_samples >= 10")
