@@ -8,7 +8,6 @@ and ``health`` start quickly.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from typing import Any
 
 from fedsqueeze.config import ClientConfig, LoadConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
 from fedsqueeze.logs import setup_logging
-from fedsqueeze.malloc_arenas import limit_malloc_arenas
 
 
 @dataclass
@@ -33,20 +31,16 @@ class OperatorConfig:
 def _server(args: argparse.Namespace) -> int:
     config = resolve(ServerConfig, args, "server")
     setup_logging(config.log_level, config.log_format)
-    try:
-        limit_malloc_arenas(config.malloc_arenas)  # before the server starts its threads
-    except ValueError as exc:
-        raise SystemExit(f"--malloc-arenas: {exc}") from None
-    from fedsqueeze.server.app import serve
+    from fedsqueeze.server import run_server
 
-    asyncio.run(serve(config))
+    run_server(config)
     return 0
 
 
 def _client(args: argparse.Namespace) -> int:
     config = resolve(ClientConfig, args, "client")
     setup_logging(config.log_level, config.log_format)
-    from fedsqueeze.client.app import run_client
+    from fedsqueeze.client import run_client
 
     return run_client(config)
 

@@ -11,6 +11,9 @@ channels by the L1 magnitude of everything coupled to them; a width ``w`` keeps
 the ``ceil(w * n)`` best. All widths cut from the same ranking, so a smaller
 width's channels are a subset of a larger one's (nested).
 
+Layers that a residual addition couples share one group, hence one ranking:
+cutting the first of them cuts the rest to the same channels.
+
 The structure of a sub-model depends only on how many channels each layer
 keeps, not which; a client therefore rebuilds it from counts (``keep_first``)
 and the server alone holds the indices (``index_map``).
@@ -80,10 +83,16 @@ def prune(model: nn.Module, example: torch.Tensor, keep: Keep) -> nn.Module:
     unknown = set(keep) - set(prunable_layers(sub))
     if unknown:
         raise ValueError(f"not prunable layers: {', '.join(sorted(unknown))}")
+    original = {name: graph.get_out_channels(modules[name]) for name in keep}
     for name, kept in keep.items():
-        channels = graph.get_out_channels(modules[name])
+        channels = original[name]
         if not kept or min(kept) < 0 or max(kept) >= channels or len(set(kept)) != len(kept):
             raise ValueError(f"{name}: kept channels must be distinct indices in [0, {channels}), at least one")
+        now = graph.get_out_channels(modules[name])
+        if now != channels:   # coupled to a layer cut before (a residual addition): cut with it, to the same set
+            if now != len(kept):
+                raise ValueError(f"{name}: coupled to a layer already cut to {now} channels, but {len(kept)} asked")
+            continue
         dropped = sorted(set(range(channels)) - set(kept))
         if dropped:
             _out_group(graph, modules[name], dropped).prune()

@@ -25,3 +25,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" -c constraints.txt torch==2.13.0
 extras=""; [[ $purpose == test ]] && extras="[test]"
 "${pip[@]}" -c constraints.txt -e ".${extras}"
+# The example projects, each installed from its own folder as a user would (tests/test_examples.py uses them).
+[[ $purpose == test ]] && "${pip[@]}" --no-deps ./examples/resnet ./examples/tabular ./examples/fedprox
+exit 0

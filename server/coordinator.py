@@ -379,7 +379,7 @@ class Coordinator:
         self._traffic_at_last_close = traffic
         self.history.append(record)
         self.metrics.rounds.inc()
-        self.metrics.accuracy.set(accuracy)
+        self.metrics.record(record)
         log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates%s, up %d B, down %d B, %.1f s "
                  "(aggregation %.1f s, evaluation %.1f s)", rnd.number, accuracy, loss, rnd.committed,
                  len(rnd.assignments), f", {record.failed} failed" if record.failed else "", spent.up, spent.down,

@@ -2,7 +2,10 @@
 
 Metrics (own registry, so several servers can live in one process in tests):
 
-- ``fedsqueeze_rounds_total``, ``fedsqueeze_round_accuracy``: committed rounds, the last one's test accuracy;
+- ``fedsqueeze_rounds_total``, ``fedsqueeze_round_accuracy``, ``fedsqueeze_round_loss``: committed rounds, the
+  last one's accuracy and loss (on the server's test set, or the clients' mean under federated evaluation);
+- ``fedsqueeze_round_evaluated_clients``: clients whose evaluation counted in the last round (federated
+  evaluation; 0 when the server evaluated);
 - ``fedsqueeze_clients_connected``: clients that called within the client timeout;
 - ``fedsqueeze_bytes_total{direction="up"|"down"}``: the byte meter's totals (serialised Federation
   messages), read at scrape time so they never disagree with the round records;
@@ -48,6 +51,10 @@ class ServerMetrics:
         self.rounds = Counter("fedsqueeze_rounds", "Committed rounds", registry=self.registry)
         self.accuracy = Gauge("fedsqueeze_round_accuracy", "Test accuracy after the last round",
                               registry=self.registry)
+        self.loss = Gauge("fedsqueeze_round_loss", "Test loss after the last round", registry=self.registry)
+        self.evaluated = Gauge("fedsqueeze_round_evaluated_clients",
+                               "Clients whose evaluation counted in the last round (federated evaluation)",
+                               registry=self.registry)
         self.clients = Gauge("fedsqueeze_clients_connected", "Clients seen within the client timeout",
                              registry=self.registry)
         self.updates = Counter("fedsqueeze_updates", "Committed client updates", registry=self.registry)
@@ -66,7 +73,13 @@ class ServerMetrics:
         if history:
             self.rounds.inc(len(history))
             self.updates.inc(sum(r.updates for r in history))
-            self.accuracy.set(history[-1].accuracy)
+            self.record(history[-1])
+
+    def record(self, round: pb.RoundMetrics) -> None:
+        """The gauges of a finished round."""
+        self.accuracy.set(round.accuracy)
+        self.loss.set(round.loss)
+        self.evaluated.set(round.evaluated)
 
     def watch_traffic(self, read: Callable[[], Traffic]) -> None:
         self.registry.register(_Traffic(read))

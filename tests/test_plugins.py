@@ -167,6 +167,12 @@ def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Pa
             "the model has no module 'encoder' to read the embedding from"),
         "reft on tabular data": (("--model", "mymod:build", *data, "--method", "reft"),
                                  "reft distils on unlabelled images"),
+        "missing training loop": (("--model", "mymod:build", *data, "--trainer", "noloops:prox"),
+                                  "cannot import module 'noloops'"),
+        "a method that is not a Method": (("--model", "mymod:build", *data, "--method", "mymod:load"),
+                                          "not a fedsqueeze.methods.Method"),
+        "a method parameter of the wrong type": (("--model", "mymod:build", *data, "--method", "ae(warmup=many)"),
+                                                 "ae: warmup: expected int, not 'many'"),
     }
     for label, (args, why) in cases.items():
         log = server_refusal(cluster, label.replace(" ", "-"), *args)
