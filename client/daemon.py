@@ -36,7 +36,7 @@ from fedsqueeze.config import ClientConfig
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.methods import method_plugin
-from fedsqueeze.models import build_model
+from fedsqueeze.models import build_model, is_regression
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.transport import open_channel
 from fedsqueeze.upload_turns import TurnTakingUpload
@@ -175,6 +175,9 @@ class ClientDaemon:
         if self.data.input_shape != expected_shape:
             self._fail(None, f"this client's data has input shape {self.data.input_shape}, the federation's "
                              f"model expects {expected_shape}: check --data")
+        if self.data.regression != is_regression(spec):
+            self._fail(None, f"this client's data is a {'regression' if self.data.regression else 'classification'}"
+                             f" task, the federation's model is not: check --data")
         self._model_spec = spec
         self._model = model
         self._trainers = {}
@@ -257,8 +260,9 @@ class ClientDaemon:
             raise
         except Exception as exc:   # cannot evaluate here: say so rather than leave the evaluation waiting
             self._fail(task, f"round {task.round}: evaluation failed: {type(exc).__name__}: {exc}")
+        metrics = {"loss": loss} if self._held_out.regression else {"accuracy": accuracy, "loss": loss}
         report = pb.EvaluationReport(session_id=self._session, task_id=task.task_id, round=task.round,
-                                     num_examples=len(self._held_out), metrics={"accuracy": accuracy, "loss": loss})
+                                     num_examples=len(self._held_out), metrics=metrics)
         self._call(self._stub.SubmitEvaluation.future(report, timeout=UNARY_TIMEOUT))
         log.info("round %d: evaluated the global model on %d held-out examples: accuracy %.4f, loss %.4f",
                  task.round, len(self._held_out), accuracy, loss)

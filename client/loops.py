@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from fedsqueeze.config import BUILTIN_LOOPS, OPTIMIZERS
 from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.evaluation import task_loss
 from fedsqueeze.plugins import resolve
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -74,8 +74,8 @@ def make_optimizer(model: nn.Module, hp: pb.Hyperparameters) -> torch.optim.Opti
 
 
 def local(model: nn.Module, data: Dataset, round: LocalRound) -> dict[str, float]:
-    """The built-in loop: ``epochs`` passes over ``data`` in shuffled mini-batches, cross-entropy; returns the
-    mean training loss and accuracy."""
+    """The built-in loop: ``epochs`` passes over ``data`` in shuffled mini-batches, cross-entropy (regression:
+    mean squared error); returns the mean training loss and (classification) accuracy."""
     hp = round.hyperparameters
     if hp.epochs < 1 or hp.batch_size < 1 or not hp.learning_rate > 0:
         raise ValueError(f"invalid hyperparameters: epochs={hp.epochs}, batch_size={hp.batch_size}, "
@@ -90,13 +90,16 @@ def local(model: nn.Module, data: Dataset, round: LocalRound) -> dict[str, float
             batch = order[start:start + hp.batch_size]
             x, y = data.x[batch], data.y[batch]
             optimizer.zero_grad()
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            outputs = model(x)
+            loss = task_loss(outputs, y, data.regression)
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(batch)
-            correct += (logits.argmax(dim=1) == y).sum().item()
+            if not data.regression:
+                correct += (outputs.argmax(dim=1) == y).sum().item()
             seen += len(batch)
+    if data.regression:
+        return {"train_loss": loss_sum / seen}
     return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen}
 
 

@@ -48,7 +48,8 @@ class ServerConfig:
                        "holds no data (give --input-shape and --num-classes) and clients evaluate each round's "
                        "model on their held-out share (federated evaluation)")
     input_shape: str = option("", "with --data none: one example's shape, comma-separated, e.g. 30 or 1,28,28")
-    num_classes: int = option(0, "with --data none: the number of classes")
+    num_classes: int | None = option(None, "with --data none: the number of classes (0: a regression task, "
+                                     "one output per example, squared error)")
     fraction_evaluate: float = option(1.0, "with --data none: fraction of connected clients asked to evaluate "
                                       "each round's model (each evaluation costs one model download)")
     model: str = option("cnn", "model spec, e.g. cnn or cnn(width=16) or mlp(hidden=512)")

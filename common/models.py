@@ -8,7 +8,8 @@ A model may also be a plug-in (``fedsqueeze.plugins``): an entry point of group
 ``fedsqueeze.models`` or an import path, ``--model "mymod:build(hidden=32)"``.
 Its builder gets its spec's parameters, plus ``input_shape`` and
 ``num_classes`` when its signature takes them (or takes ``**kwargs``), and
-returns any ``nn.Module`` that maps a batch of inputs to one score per class.
+returns any ``nn.Module`` that maps a batch of inputs to one score per class
+(regression: ``num_classes`` is 1, the one output per example).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def build_model(spec: pb.ModelSpec, seed: int | None = None) -> nn.Module:
     builder = resolve("models", spec.name, _MODELS).target
     config: dict[str, Any] = json.loads(spec.config_json or "{}")
     config["input_shape"] = tuple(config["input_shape"])
+    config.pop("regression", None)   # the task, not a builder argument
     if seed is not None:
         torch.manual_seed(seed)
     try:
@@ -118,11 +120,19 @@ def build_model(spec: pb.ModelSpec, seed: int | None = None) -> nn.Module:
     return model
 
 
+def is_regression(spec: pb.ModelSpec) -> bool:
+    """Whether the model spec is of a regression task (one output per example, squared error)."""
+    return bool(json.loads(spec.config_json or "{}").get("regression", False))
+
+
 def make_model_spec(model: str, input_shape: tuple[int, ...], num_classes: int) -> pb.ModelSpec:
-    """A ModelSpec from a spec string such as ``cnn(width=16)`` and the data's shape."""
+    """A ModelSpec from a spec string such as ``cnn(width=16)`` and the data's shape (``num_classes`` 0:
+    regression, built with one output)."""
     name, params = parse_spec(model)
     resolve("models", name, _MODELS)   # unknown or unimportable: refused here, before any client joins
-    config = {**params, "input_shape": list(input_shape), "num_classes": num_classes}
+    config = {**params, "input_shape": list(input_shape), "num_classes": num_classes or 1}
+    if num_classes == 0:
+        config["regression"] = True
     from fedsqueeze.v1 import federation_pb2 as pb
 
     return pb.ModelSpec(name=name, config_json=json.dumps(config, sort_keys=True))

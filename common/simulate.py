@@ -68,8 +68,12 @@ def last_error(log_path: Path) -> str:
     return (errors or lines or ["(empty log)"])[-1][:500]
 
 
+def _number(value: float | None) -> str:
+    return "-" if value is None or value != value else f"{value:.4f}"
+
+
 def _round_line(r: dict[str, Any]) -> str:
-    return (f"round {r['round']:>3}: accuracy {r['accuracy']:.4f}  loss {r['loss']:.4f}  "
+    return (f"round {r['round']:>3}: accuracy {_number(r['accuracy'])}  loss {_number(r['loss'])}  "
             f"up {r['bytes_up'] / 1e6:8.3f} MB  down {r['bytes_down'] / 1e6:8.3f} MB  "
             f"{r['updates']}/{r['selected']} updates  {r['seconds']:5.1f} s")
 
@@ -189,7 +193,8 @@ def simulate(config: SimulateConfig) -> int:
     rounds = report["rounds"]
     if rounds:
         up, down = report["bytes_up"], report["bytes_down"]
-        console.print(f"final accuracy {report['final_accuracy']:.4f} after {len(rounds)} rounds; "
+        console.print(f"final accuracy {_number(report['final_accuracy'])}, loss {_number(report['final_loss'])} "
+                      f"after {len(rounds)} rounds; "
                       f"bytes up {up:,} ({report['dense_bytes_up'] / up:.2f}x below float32), "
                       f"down {down:,} ({report['dense_bytes_down'] / down:.2f}x below float32)")
     console.print(f"wrote {report_path} and {plot_path}")

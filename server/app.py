@@ -105,9 +105,9 @@ def data_shape(config: ServerConfig) -> tuple[Dataset | None, tuple[int, ...], i
         shape = tuple(int(d) for d in config.input_shape.split(","))
     except ValueError:
         shape = ()
-    if not shape or min(shape) < 1 or config.num_classes < 1:
-        raise SystemExit("--data none needs --input-shape (e.g. 30 or 1,28,28) and --num-classes (>= 1): the "
-                         "model is built from them, and clients evaluate it on their own data")
+    if not shape or min(shape) < 1 or config.num_classes is None or config.num_classes < 0:
+        raise SystemExit("--data none needs --input-shape (e.g. 30 or 1,28,28) and --num-classes (>= 1, or 0 "
+                         "for regression): the model is built from them, and clients evaluate it on their own data")
     return None, shape, config.num_classes
 
 
@@ -122,9 +122,11 @@ def check_model(model: torch.nn.Module, test_set: Dataset, config: ServerConfig)
                          f"{list(test_set.input_shape)}: {exc}") from None
     finally:
         model.train(training)
-    if tuple(out.shape) != (len(batch), test_set.num_classes):
+    if tuple(out.shape) != (len(batch), test_set.num_classes or 1):
+        wanted = f"has {test_set.num_classes} classes" if test_set.num_classes else \
+            "is a regression task: one output per example, shape [1]"
         raise SystemExit(f"model {config.model!r} gives outputs of shape {list(out.shape[1:])} per example; "
-                         f"{config.data!r} has {test_set.num_classes} classes")
+                         f"{config.data!r} {wanted}")
 
 
 def raise_open_file_limit() -> None:
@@ -163,8 +165,7 @@ async def serve(config: ServerConfig) -> None:
     model_spec = make_model_spec(config.model, input_shape, num_classes)
     model = build_model(model_spec, seed=config.seed)
     # without data, two examples of zeros still show whether the model takes this shape and scores each class
-    check_model(model, test_set or Dataset(torch.zeros(2, *input_shape), torch.zeros(2, dtype=torch.long),
-                                           num_classes), config)
+    check_model(model, test_set or Dataset(torch.zeros(2, *input_shape), torch.zeros(2), num_classes), config)
     try:
         resolve("trainers", parse_spec(config.trainer)[0], dict.fromkeys(BUILTIN_LOOPS))   # clients need it too
     except ValueError as exc:

@@ -78,8 +78,10 @@ class Distillation:
     HELD_OUT = 0.1
 
     def __init__(self, params: DistillationParams, set_spec: str, samples: int, set_key: str, federation_data: str,
-                 input_shape: tuple[int, ...], seed: int) -> None:
+                 input_shape: tuple[int, ...], seed: int, regression: bool = False) -> None:
         method = params.method
+        if regression:
+            raise ValueError(f"{method} distils class probabilities; a regression task has none: use fedavg or ae")
         if len(input_shape) != 3:
             raise ValueError(f"{method} distils on unlabelled images (C, H, W); this model's inputs are "
                              f"{list(input_shape)}: use a method without distillation (fedavg, ae) for such data")

@@ -3,8 +3,9 @@
 A round's record is the ``RoundMetrics`` message of the protocol, so the
 Operator API and the report cannot disagree; ``metrics_dict`` is its JSON form
 (plain numbers, unlike protobuf's JSON mapping, which writes 64-bit ints as strings).
-The report is strict JSON: a non-finite accuracy or loss (a diverged model)
-is written as null, never as ``NaN`` or ``Infinity``.
+The report is strict JSON: a non-finite accuracy or loss (a diverged model;
+accuracy of a regression task; a round no client evaluated) is written as
+null, never as ``NaN`` or ``Infinity``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def build_report(method: str, config: dict[str, Any], rounds: list[pb.RoundMetri
         "method": method,
         "config": config,
         "final_accuracy": rounds[-1].accuracy if rounds and math.isfinite(rounds[-1].accuracy) else None,
+        "final_loss": rounds[-1].loss if rounds and math.isfinite(rounds[-1].loss) else None,
         "bytes_up": bytes_up,
         "bytes_down": bytes_down,
         "dense_bytes_up": sum(r.dense_bytes_up for r in rounds),

@@ -20,6 +20,7 @@ import pytest
 
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.data.datasets import load_split
+from fedsqueeze.data.partition import partition
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.plugins import PluginError
 from fedsqueeze.tensors import TensorSpec
@@ -59,6 +60,12 @@ def load(n=1000, features=8, seed=0, nan=False, negative=False):
     if negative:
         y[5] = -1
     return x, y
+
+
+def load_regression(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6)).astype("float32")
+    return x, (x @ np.arange(1, 7) / 10 + 0.1 * rng.normal(size=n)).astype("float32")   # float targets
 '''
 
 STAGE_MODULE = '''
@@ -256,3 +263,20 @@ def test_a_federation_on_a_csv_table(tmp_path: Path) -> None:
                              "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert json.loads((out / "report.json").read_text())["final_accuracy"] > 0.85
+
+
+def test_a_regression_federation_evaluated_by_its_clients(tmp_path: Path, user_path: Path) -> None:
+    """Float targets make a regression task: one output, squared error, accuracy null; the server holds no data."""
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--model", "mymod:build(hidden=16)",
+                             "--data", "mymod:load_regression()", "--federated-evaluation", "--clients", "2",
+                             "--rounds", "3", "--lr", "0.02", "--out", str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    assert report["config"]["data"] == "none" and report["final_accuracy"] is None
+    assert all(r["evaluated"] == 2 for r in report["rounds"])
+    variance = float(np.var(load_split("mymod:load_regression()", "test").labels))
+    assert report["final_loss"] < 0.2 * variance, (report["final_loss"], variance)   # far better than the mean
+    with pytest.raises(ValueError, match="splits by class; regression targets have none"):
+        partition(load_split("mymod:load_regression()", "train").labels, "dirichlet(alpha=0.5)", 2, 0)

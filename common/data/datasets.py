@@ -7,10 +7,11 @@
 - ``digits``: scikit-learn's 8x8 digits (1,797 images; split 80/20 as below).
 - ``synthetic(samples=N, size=S, classes=C, noise=X, seed=K)``: generated class
   prototypes plus noise; learnable in seconds, for tests.
-- ``npz(path=FILE, x=KEY, y=KEY)``: arrays in a NumPy ``.npz`` file (keys ``x`` and ``y``
-  by default), features of any shape used as they are.
-- ``csv(path=FILE, label=COLUMN)``: a table with a header row; every other column is a
-  numeric feature, ``label`` holds class indices 0, 1, 2, ...
+- ``npz(path=FILE, x=KEY, y=KEY, task=classification)``: arrays in a NumPy ``.npz`` file (keys
+  ``x`` and ``y`` by default), features of any shape used as they are.
+- ``csv(path=FILE, label=COLUMN, task=classification)``: a table with a header row; every
+  other column is a numeric feature, ``label`` holds class indices 0, 1, 2, ... (or, with
+  ``task=regression``, the real-valued target)
 - ``imagefolder(dir=DIR, size=S, channels=C)``: one sub-folder per class (classes in
   sorted order), images of any size and format Pillow reads, resized to S x S
   (default 28), 1 (grey) or 3 (RGB) channels, scaled to [-1, 1].
@@ -21,12 +22,15 @@ A dataset may also be a plug-in (``fedsqueeze.plugins``): an entry point of
 group ``fedsqueeze.datasets`` or an import path, ``--data "mymod:load()"``.
 Its loader gets the spec's parameters and returns ``(x, y)`` numpy arrays:
 features of any shape per example (1-D tabular rows or images), used as they
-are, and integer class labels from 0.
+are, and labels: of an integer dtype, class indices from 0 (classification);
+of a float dtype, real-valued targets (regression: ``num_classes`` is 0, the
+model has one output, the loss is the mean squared error).
 
 Plug-ins, ``npz``, ``csv`` and ``imagefolder`` are split by fedsqueeze itself,
 the same way on every machine: a fixed shuffle, 80% train, 20% test. Their
 arrays are checked when loaded: lengths that differ, non-finite features, or
-labels that are not non-negative integers are a ValueError naming the problem.
+labels that are not non-negative integers (or, for regression, finite) are a
+ValueError naming the problem.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from fedsqueeze.specs import parse_spec
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,12 @@ class Dataset:
     """Normalised images and labels, ready for training or evaluation."""
 
     x: torch.Tensor   # float32 (N, C, H, W) in [-1, 1] for the built-in image sets; (N, ...) for plug-ins
-    y: torch.Tensor   # int64 (N,)
-    num_classes: int
+    y: torch.Tensor   # int64 (N,) class indices; float32 (N,) targets for regression
+    num_classes: int  # 0: regression
+
+    @property
+    def regression(self) -> bool:
+        return self.num_classes == 0
 
     def __len__(self) -> int:
         return len(self.y)
@@ -70,7 +79,7 @@ class RawSplit:
 
     images: np.ndarray
     labels: np.ndarray
-    num_classes: int
+    num_classes: int   # 0: regression (labels are float targets)
     scale: float | None
 
     def select(self, indices: np.ndarray | None = None) -> Dataset:
@@ -79,7 +88,8 @@ class RawSplit:
         labels = self.labels if indices is None else self.labels[indices]
         values = np.asarray(images, dtype=np.float32)
         x = torch.from_numpy(values if self.scale is None else values * (2.0 / self.scale) - 1.0)
-        return Dataset(x.contiguous(), torch.from_numpy(np.asarray(labels, dtype=np.int64)), self.num_classes)
+        kind = np.float32 if self.num_classes == 0 else np.int64
+        return Dataset(x.contiguous(), torch.from_numpy(np.asarray(labels, dtype=kind)), self.num_classes)
 
 
 def _idx(split: str, dir: str) -> RawSplit:
@@ -139,7 +149,8 @@ def load_split(spec: str, split: str) -> RawSplit:
     plugin = resolve("datasets", name, _LOADERS)
     if plugin.origin != "built-in":
         return _plugin_split(spec, plugin.target, params, split)
-    kwargs: dict[str, Any] = {k: str(v) if k in ("dir", "path", "x", "y", "label") else v for k, v in params.items()}
+    kwargs: dict[str, Any] = {k: str(v) if k in ("dir", "path", "x", "y", "label", "task") else v
+                              for k, v in params.items()}
     try:
         return plugin.target(split, **kwargs)
     except TypeError as exc:
@@ -152,11 +163,18 @@ def _plugin_split(spec: str, loader: Callable[..., Any], params: dict[str, Any],
         x, y = loader(**params)
     except Exception as exc:   # whatever a user's loader raises, the data cannot be had
         raise ValueError(f"dataset {spec!r}: the loader failed: {type(exc).__name__}: {exc}") from None
-    return split_arrays(spec, x, y, split)
+    y = np.asarray(y)
+    return split_arrays(spec, x, y, split, task="regression" if np.issubdtype(y.dtype, np.floating) else
+                        "classification")
 
 
-def split_arrays(spec: str, x: Any, y: Any, split: str, scale: float | None = None) -> RawSplit:
-    """One split of whole ``(x, y)`` arrays, checked: 80/20 after a fixed shuffle, the same on every machine."""
+def split_arrays(spec: str, x: Any, y: Any, split: str, scale: float | None = None,
+                 task: str = "classification") -> RawSplit:
+    """One split of whole ``(x, y)`` arrays, checked: 80/20 after a fixed shuffle, the same on every machine.
+
+    ``task`` is ``classification`` (labels are class indices 0, 1, 2, ...) or ``regression`` (finite targets)."""
+    if task not in TASKS:
+        raise ValueError(f"dataset {spec!r}: task must be {' or '.join(TASKS)}, not {task!r}")
     x, y = np.asarray(x), np.asarray(y)
     if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
         raise ValueError(f"dataset {spec!r}: expected x of shape (N, features...) and y of shape (N,), got "
@@ -165,26 +183,31 @@ def split_arrays(spec: str, x: Any, y: Any, split: str, scale: float | None = No
         raise ValueError(f"dataset {spec!r}: {len(y)} examples; at least 2 are needed for a train/test split")
     if not np.issubdtype(x.dtype, np.number) or not np.isfinite(x).all():
         raise ValueError(f"dataset {spec!r}: features must be finite numbers (NaN or infinity found, or not numeric)")
+    if task == "regression":
+        if not np.issubdtype(y.dtype, np.number) or not np.isfinite(y).all():
+            raise ValueError(f"dataset {spec!r}: regression targets must be finite numbers")
     integral = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and
                                                       bool(np.all(np.mod(y, 1) == 0)))
-    if not integral or y.min() < 0:
+    if task == "classification" and (not integral or y.min() < 0):
         raise ValueError(f"dataset {spec!r}: labels must be class indices 0, 1, 2, ...; found {y[:5].tolist()}"
                          f"{' (negative)' if integral else ''}")
     order = np.random.default_rng(0).permutation(len(y))
     cut = max(1, min(len(y) - 1, int(0.8 * len(y))))
     chosen = order[:cut] if split == "train" else order[cut:]
+    if task == "regression":
+        return RawSplit(x[chosen].astype(np.float32), y[chosen].astype(np.float32), 0, scale)
     return RawSplit(x[chosen].astype(np.float32), y[chosen].astype(np.int64), int(y.max()) + 1, scale)
 
 
-def _npz(split: str, path: str, x: str = "x", y: str = "y") -> RawSplit:
+def _npz(split: str, path: str, x: str = "x", y: str = "y", task: str = "classification") -> RawSplit:
     with np.load(path, allow_pickle=False) as arrays:
         missing = [key for key in (x, y) if key not in arrays.files]
         if missing:
             raise ValueError(f"{path}: no array {missing[0]!r}; it holds {', '.join(arrays.files) or 'none'}")
-        return split_arrays(f"npz(path={path})", arrays[x], arrays[y], split)
+        return split_arrays(f"npz(path={path})", arrays[x], arrays[y], split, task=task)
 
 
-def _csv(split: str, path: str, label: str) -> RawSplit:
+def _csv(split: str, path: str, label: str, task: str = "classification") -> RawSplit:
     import csv
 
     with open(path, newline="") as table:
@@ -203,7 +226,7 @@ def _csv(split: str, path: str, label: str) -> RawSplit:
     if values.ndim != 2 or values.shape[1] != len(header):
         raise ValueError(f"{path}: every row must have the header's {len(header)} columns")
     features = np.delete(values, at, axis=1)
-    return split_arrays(f"csv(path={path})", features, values[:, at], split)
+    return split_arrays(f"csv(path={path})", features, values[:, at], split, task=task)
 
 
 def _imagefolder(split: str, dir: str, size: int = 28, channels: int = 1) -> RawSplit:

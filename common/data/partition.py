@@ -70,6 +70,8 @@ def partition(labels: np.ndarray, scheme: str, num_partitions: int, seed: int) -
     name, params = parse_spec(scheme)
     if name == "iid" and not params:
         return iid(labels, num_partitions, seed)
+    if np.issubdtype(labels.dtype, np.floating):
+        raise ValueError(f"partition {scheme!r} splits by class; regression targets have none: use iid")
     if name == "dirichlet" and set(params) <= {"alpha"}:
         return dirichlet(labels, num_partitions, seed, float(params.get("alpha", 0.5)))
     if name == "skewed" and set(params) <= {"last", "classes", "share"}:

@@ -43,6 +43,7 @@ import torch
 from fedsqueeze.clustering import cluster_model_, clustered_tensors, weight_sharing
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.methods import FedCompressParams
+from fedsqueeze.models import is_regression
 from fedsqueeze.representation import embedding_module
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
@@ -119,7 +120,8 @@ class FedCompress(Strategy[WeightedSum]):
         deltas = p.upload == "delta"
         self.delta_k = p.delta_k or None
         input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
-        self.distillation = Distillation(p, p.ood, p.ood_samples, "ood", settings.data, input_shape, settings.seed)
+        self.distillation = Distillation(p, p.ood, p.ood_samples, "ood", settings.data, input_shape, settings.seed,
+                                         is_regression(settings.model_spec))
         self.entropy = p.entropy
         self.clustered = set(clustered_tensors(model))
         self._ood: tuple[torch.Tensor, torch.Tensor] | None = None

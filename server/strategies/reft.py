@@ -40,6 +40,7 @@ import torch
 
 from fedsqueeze.costs import training_cost
 from fedsqueeze.methods import ReftParams
+from fedsqueeze.models import is_regression
 from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prune
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
@@ -128,7 +129,7 @@ class Reft(Strategy[CoverageSum]):
         self.reference_speed = p.reference_speed
         self.input_shape = tuple(json.loads(settings.model_spec.config_json)["input_shape"])
         self.distillation = Distillation(p, p.public, p.public_samples, "public", settings.data, self.input_shape,
-                                         settings.seed)
+                                         settings.seed, is_regression(settings.model_spec))
         self.example = torch.zeros(1, *self.input_shape)
         self.cuts: dict[float, TierCut] = {}
         self.profiles: dict[str, tuple[float, str]] = {}
