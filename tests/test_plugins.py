@@ -21,6 +21,7 @@ import pytest
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.data.datasets import load_split
 from fedsqueeze.data.partition import partition
+from fedsqueeze.methods import FedCompressParams
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.plugins import PluginError
 from fedsqueeze.tensors import TensorSpec
@@ -68,6 +69,41 @@ def load_regression(n=600, seed=0):
     return x, (x @ np.arange(1, 7) / 10 + 0.1 * rng.normal(size=n)).astype("float32")   # float targets
 '''
 
+METHOD_MODULE = '''
+from dataclasses import dataclass
+
+from fedsqueeze.client.trainers.local import FedAvgTrainer
+from fedsqueeze.methods import Method, MethodParams, param
+from fedsqueeze.server.strategies.fedavg import FedAvg
+
+
+@dataclass(frozen=True)
+class TaggedParams(MethodParams):
+    method = "mymethod:TAGGED"
+    tag: float = param(1.0, "a number both halves read")
+
+
+class TaggedStrategy(FedAvg):
+    name = "tagged"
+    Params = TaggedParams
+
+    def aggregate(self, round_number, accumulator, client_metrics):
+        return {**super().aggregate(round_number, accumulator, client_metrics), "server_tag": self.params.tag}
+
+
+class TaggedTrainer(FedAvgTrainer):
+    method = "tagged"
+    Params = TaggedParams
+
+    def fit(self, task, downloaded, hyperparameters, should_stop):
+        result = super().fit(task, downloaded, hyperparameters, should_stop)
+        result.metrics["client_tag"] = self.params(task).tag
+        return result
+
+
+TAGGED = Method(strategy=TaggedStrategy, trainer=TaggedTrainer, params=TaggedParams)
+'''
+
 STAGE_MODULE = '''
 from fedsqueeze.codecs import BytesStage
 
@@ -104,6 +140,7 @@ def user_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     folder.mkdir()
     (folder / "mymod.py").write_text(USER_MODULE)
     (folder / "mystage.py").write_text(STAGE_MODULE)
+    (folder / "mymethod.py").write_text(METHOD_MODULE)
     info = folder / "mystage-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mystage\nVersion: 0.1\n")
@@ -111,7 +148,7 @@ def user_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
     yield folder
-    for name in ("mymod", "mystage"):
+    for name in ("mymod", "mystage", "mymethod"):
         sys.modules.pop(name, None)
 
 
@@ -280,3 +317,33 @@ def test_a_regression_federation_evaluated_by_its_clients(tmp_path: Path, user_p
     assert report["final_loss"] < 0.2 * variance, (report["final_loss"], variance)   # far better than the mean
     with pytest.raises(ValueError, match="splits by class; regression targets have none"):
         partition(load_split("mymod:load_regression()", "train").labels, "dirichlet(alpha=0.5)", 2, 0)
+
+
+def test_method_parameters_are_one_typed_dataclass_listed_by_fedsqueeze_methods() -> None:
+    params = FedCompressParams.from_spec({"k0": 12, "kd_lr": 1})   # an int where a float is due is fine
+    assert (params.k0, params.kd_lr, params.cluster_epochs) == (12, 1.0, 0)   # cluster_epochs follows upload
+    assert FedCompressParams.from_spec({"upload": "model"}).cluster_epochs == 1
+    assert FedCompressParams.from_spec(params.as_dict()) == params   # what a task carries, read back whole
+    with pytest.raises(ValueError, match="fedcompress: k0: expected int, not 'many'"):
+        FedCompressParams.from_spec({"k0": "many"})
+    with pytest.raises(ValueError, match="takes no parameter\\(s\\) k1; it takes .*k0"):
+        FedCompressParams.from_spec({"k1": 3})
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        FedCompressParams.from_spec({"val_fraction": 1.5})
+    listed = subprocess.run([sys.executable, "-m", "fedsqueeze", "methods", "fedcompress"], capture_output=True,
+                            text=True, timeout=60)
+    assert listed.returncode == 0
+    k0 = next(line for line in listed.stdout.splitlines() if line.split()[:1] == ["k0"])
+    assert k0.split()[1:3] == ["int", "8"] and "clusters per layer" in k0, listed.stdout
+
+
+def test_a_method_plugin_by_import_path_reads_its_parameters_on_both_ends(tmp_path: Path, user_path: Path) -> None:
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--data", "digits", "--model",
+                             "mlp(hidden=32)", "--method", "mymethod:TAGGED(tag=0.25)", "--clients", "2",
+                             "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    metrics = report["rounds"][-1]["metrics"]
+    assert metrics["server_tag"] == 0.25 and metrics["client_client_tag"] == 0.25
+    assert report["final_accuracy"] > 0.5
