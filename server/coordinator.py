@@ -291,18 +291,22 @@ class Coordinator:
                        for client_id, plan in plans.items()}
         rnd = OpenRound(number, attempt, started, loop.time() + self.config.round_timeout,
                         assignments, downlinks, accumulator)
-        for assignment in assignments.values():   # left, or failed for good, while the round was being planned
-            if not self.clients.has(assignment.client_id):
-                rnd.move(assignment, "left")
-        self.current = rnd
-        self._close_if_settled(rnd)
-        self.phase = pb.TRAINING
-        self._notify(tasks=True)
+        self._publish(rnd, pb.TRAINING)
         names = sorted(plans)
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
         log.info("round %d%s: %d of %d clients selected: %s", number, f" (attempt {attempt})" if attempt > 1 else "",
                  count, len(available), shown)
         return rnd
+
+    def _publish(self, rnd: OpenRound, phase: pb.FederationState) -> None:
+        """Make ``rnd`` the open round and wake the long-polls; clients that left while it was planned are out."""
+        for assignment in rnd.assignments.values():
+            if not self.clients.has(assignment.client_id):
+                rnd.move(assignment, "left")
+        self.current = rnd
+        self._close_if_settled(rnd)
+        self.phase = phase
+        self._notify(tasks=True)
 
     def _plan_round(self, number: int, selected: list[ClientInfo]) -> tuple[
             dict[str, ClientPlan], dict[str, EncodedModel], dict[str, dict[str, ExpectedTensor]], Any]:
@@ -409,13 +413,7 @@ class Coordinator:
         assignments = {c.client_id: Assignment(c.client_id, secrets.token_urlsafe(12), plan, {}) for c in selected}
         rnd = OpenRound(number, 1, started, loop.time() + self.config.round_timeout, assignments,
                         {EVALUATION_PROFILE: encoded}, None, evaluation=True)
-        for assignment in assignments.values():
-            if not self.clients.has(assignment.client_id):
-                rnd.move(assignment, "left")
-        self.current = rnd
-        self._close_if_settled(rnd)
-        self.phase = pb.EVALUATING
-        self._notify(tasks=True)
+        self._publish(rnd, pb.EVALUATING)
         log.info("round %d: %d clients evaluate the new model", number, count)
         await self._wait_until_closed(rnd)
         if not rnd.committed:

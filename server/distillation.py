@@ -51,11 +51,18 @@ def kl_to_teacher(student: nn.Module, teacher: TeacherProbabilities, data: torch
 
 def distill(student: nn.Module, teacher: TeacherProbabilities, data: torch.Tensor, epochs: int,
             temperature: float = 2.0, lr: float = 1e-4, batch_size: int = 256, seed: int = 0) -> None:
-    """Train ``student``'s parameters (whatever is trainable: e.g. shared centroids) to match the teacher."""
+    """Train ``student``'s parameters (whatever is trainable: e.g. shared centroids) to match the teacher; batch-norm
+    layers stay in eval mode (their running statistics are the federation's, not the unlabelled set's)."""
     targets = _teacher_targets(teacher, data, temperature, batch_size)
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
     generator = torch.Generator().manual_seed(seed)
     student.train()
+    # Batch norm keeps the running statistics the clients' data gave it: the unlabelled images are out of
+    # distribution, and normalising by their batches (or learning their statistics) wrecks the student in eval
+    # mode (a ResNet-8 on Fashion-MNIST: held-out KL 0.003 -> 0.81 in one round, then NaN).
+    for module in student.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
     for _ in range(epochs):
         order = torch.randperm(len(data), generator=generator)
         for i in range(0, len(order), batch_size):

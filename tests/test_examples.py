@@ -53,12 +53,16 @@ RESNET = ("--model", "resnet(depth=8,width=8)", "--data", "synthetic(samples=200
 ])
 def test_a_residual_network_with_batch_norm_under_every_method(tmp_path: Path, method: str) -> None:
     budgets = ("--budgets", "1,0.1") if method.startswith("reft") else ()
-    report = simulate(tmp_path, *RESNET, "--method", method, *budgets)
+    # FedCompress's clients also evaluate its clustered model, sent in its clustered plan (no server data)
+    evaluation = ("--federated-evaluation",) if method.startswith("fedcompress") else ()
+    report = simulate(tmp_path, *RESNET, "--method", method, *budgets, *evaluation)
     rounds = report["rounds"]
     assert [r["round"] for r in rounds] == [1, 2] and all(r["updates"] == 2 for r in rounds)
     assert report["final_accuracy"] > 0.3, report["final_accuracy"]   # 10 classes: chance is 0.1
     if method.startswith("fedcompress"):   # the embedding was found (input of `fc`), and scored on clients
         assert rounds[-1]["metrics"]["client_score"] > 1
+        assert all(r["evaluated"] == 2 for r in rounds)
+        assert report["config"]["data"] == "none"
     if method.startswith("reft"):          # the small device trained a cut ResNet: fewer FLOPs than the full one
         metrics = rounds[-1]["metrics"]
         tiers = sorted(k for k in metrics if k.endswith("_train_flops_per_sample"))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from fedsqueeze.clustering import cluster_model_, clustered_tensors, distinct_values, weight_sharing
@@ -230,3 +231,35 @@ def test_simulate_fedcompress_end_to_end(tmp_path: Path) -> None:
     for r in report["rounds"]:
         assert r["dense_bytes_up"] / r["bytes_up"] > 8 and r["dense_bytes_down"] / r["bytes_down"] > 8
         assert {"client_val_accuracy", "client_score", "teacher_accuracy", "kd_kl_after"} <= set(r["metrics"])
+
+
+def test_distillation_leaves_batch_norm_statistics_as_the_clients_left_them() -> None:
+    """The unlabelled images are out of distribution: their batch statistics must not replace the clients'."""
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 10 * 10, 3))
+    teacher = copy.deepcopy(student)
+    with torch.no_grad():
+        student[1].running_mean.fill_(0.5)
+        student[1].running_var.fill_(2.0)
+    before = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    distill(student, softened([teacher]), torch.randn(64, 1, 12, 12) * 3 + 1, epochs=2)
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in before.items())
+    assert not torch.equal(student[4].weight, teacher[4].weight)   # it did train
+
+
+def test_a_diverged_distillation_serves_the_clustered_teacher(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = small_settings(k0=5, kd_epochs=1, ood_samples=300)
+    strategy = FedCompress(build_model(settings.model_spec, seed=0), settings)
+
+    def diverge(student: nn.Module, teacher: object, round_number: int) -> dict[str, float]:
+        with torch.no_grad():
+            next(student.parameters()).fill_(float("nan"))
+        return {}
+
+    monkeypatch.setattr(strategy.distillation, "run", diverge)
+    accumulator = WeightedSum()
+    accumulator.add({k: torch.zeros_like(v).numpy() for k, v in float_state(strategy.model).items()}, 10)
+    metrics = strategy.aggregate(1, accumulator, {})
+    assert metrics["kd_diverged"] == 1.0
+    assert all(torch.isfinite(v).all() for v in float_state(strategy.model).values())
+    assert set(distinct_values(strategy.model).values()) <= {1, 2, 3, 4, 5}

@@ -44,6 +44,10 @@ def build_without_shapes(hidden=16):
     return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 4))
 
 
+def linear_only(input_shape=None, num_classes=None):
+    return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes))
+
+
 def wrong_output(input_shape=None, num_classes=None):
     return nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(input_shape)), num_classes + 3))
 
@@ -211,6 +215,8 @@ def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Pa
             "the model has no module 'encoder' to read the embedding from"),
         "reft on tabular data": (("--model", "mymod:build", *data, "--method", "reft"),
                                  "reft distils on unlabelled images"),
+        "reft on a model with nothing to cut": (("--model", "mymod:linear_only", "--data", "digits", "--method",
+                                                 "reft"), "reft cuts sub-models from the channels"),
         "missing training loop": (("--model", "mymod:build", *data, "--trainer", "noloops:prox"),
                                   "cannot import module 'noloops'"),
         "a method that is not a Method": (("--model", "mymod:build", *data, "--method", "mymod:load"),

@@ -178,6 +178,10 @@ class FedCompress(Strategy[WeightedSum]):
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:
         return float_state(self.model), expect_all(self.specs, self._plans[profile])
 
+    def evaluation_model(self) -> tuple[dict[str, torch.Tensor], str]:
+        """The clustered model in the plan of the next round's download (not the lossless default)."""
+        return float_state(self.model), get_plan(self.plan(self.schedule.k)).spec
+
     def expected_update(self, plan: ClientPlan) -> dict[str, ExpectedTensor]:
         return expect_all(self.specs, plan.uplink_codec)
 
@@ -202,7 +206,12 @@ class FedCompress(Strategy[WeightedSum]):
         if self.distillation.active:
             with weight_sharing(student, k, self.settings.seed):
                 metrics.update(self.distillation.run(student, softened([teacher]), round_number))
-        else:
+        if not self.distillation.active or not all(torch.isfinite(v).all() for v in float_state(student).values()):
+            if self.distillation.active:   # diverged: serve the clustered teacher rather than stop the federation
+                log.warning("round %d: distillation diverged (non-finite weights); serving the clustered teacher",
+                            round_number)
+                metrics["kd_diverged"] = 1.0
+                student = copy.deepcopy(teacher)
             cluster_model_(student, k, self.settings.seed)
         self.model.load_state_dict(student.state_dict())
         if "val_accuracy" in client_metrics and "score" in client_metrics:

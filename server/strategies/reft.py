@@ -41,7 +41,7 @@ import torch
 from fedsqueeze.costs import training_cost
 from fedsqueeze.methods import ReftParams
 from fedsqueeze.models import is_regression
-from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prune
+from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prunable_layers, prune
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened
@@ -134,9 +134,15 @@ class Reft(Strategy[CoverageSum]):
         self.cuts: dict[float, TierCut] = {}
         self.profiles: dict[str, tuple[float, str]] = {}
         self.bytes_down: dict[float, int] = {}
-        ranking = channel_ranking(model, self.example)
-        self.costs = {w: training_cost(prune(model, self.example, kept_channels(ranking, w)), self.input_shape)
-                      for w in self.widths}
+        if not prunable_layers(model):
+            raise ValueError("reft cuts sub-models from the channels of conv and linear layers; this model has "
+                             "none besides its output layer: use fedavg, fedcompress or ae")
+        try:   # refused here, at start, when torch-pruning cannot trace or cut the model
+            ranking = channel_ranking(model, self.example)
+            self.costs = {w: training_cost(prune(model, self.example, kept_channels(ranking, w)), self.input_shape)
+                          for w in self.widths}
+        except Exception as exc:   # torch-pruning's errors have no common type
+            raise ValueError(f"reft: torch-pruning cannot cut this model ({type(exc).__name__}: {exc})") from None
         self._public: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ tiers and cuts
