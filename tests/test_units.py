@@ -134,4 +134,4 @@ def test_models_build_from_specs_with_reproducible_init() -> None:
     big = build_model(make_model_spec("mlp(hidden=4096)", (1, 28, 28), 10))
     assert sum(p.numel() for p in big.parameters()) == 20_037_642
     with pytest.raises(ValueError, match="unknown model"):
-        make_model_spec("resnet", (1, 28, 28), 10)
+        make_model_spec("nosuchmodel", (1, 28, 28), 10)
