@@ -195,3 +195,44 @@ def test_update_norm_bound_refuses_or_clips() -> None:
     assert coordinator(max_update_norm=9.0)._bounded(plan, delta) is delta
     model_plan = ClientPlan("k=8", settings.hyperparameters, "dense", "dense", sends_delta=False)
     assert coordinator(max_update_norm=1.0)._bounded(model_plan, delta) is delta   # models are not bounded
+
+
+def test_hostile_evaluation_reports_are_refused_and_change_nothing(cluster: Cluster) -> None:
+    """A server without data counts one valid evaluation per task; bad ones get clear codes and count nothing."""
+    cluster.server("--insecure", "--data", "none", "--input-shape", "1,12,12", "--num-classes", "10", "--model",
+                   "cnn(width=8)", "--rounds", "1", "--min-clients", "1", "--linger", "2")
+    with cluster.channel() as channel:
+        mallory = Prober(channel, client_id="mallory")
+        train = mallory.task()
+        zero = {name: np.zeros(spec.shape, np.float32) for name, spec in mallory.specs.items()}
+        assert mallory.submit([mallory.header(train), *mallory.chunks(zero, train)]).round == 1
+        polled = mallory.stub.GetTask(pb.GetTaskRequest(session_id=mallory.session, wait_ms=20_000), timeout=30)
+        assert polled.WhichOneof("kind") == "evaluate", polled
+        task = polled.evaluate
+
+        def report(**overrides: object) -> pb.EvaluationReport:
+            fields: dict[str, object] = dict(session_id=mallory.session, task_id=task.task_id, round=task.round,
+                                             num_examples=100, metrics={"accuracy": 0.5, "loss": 1.0})
+            fields.update(overrides)
+            return pb.EvaluationReport(**fields)
+
+        cases = {
+            "NaN metric": (report(metrics={"accuracy": float("nan")}), grpc.StatusCode.INVALID_ARGUMENT),
+            "no examples": (report(num_examples=0), grpc.StatusCode.INVALID_ARGUMENT),
+            "wrong round": (report(round=7), grpc.StatusCode.FAILED_PRECONDITION),
+            "unknown task": (report(task_id="forged"), grpc.StatusCode.FAILED_PRECONDITION),
+            "unknown session": (report(session_id="forged"), grpc.StatusCode.UNAUTHENTICATED),
+        }
+        for label, (message, code) in cases.items():
+            with pytest.raises(grpc.RpcError) as info:
+                mallory.stub.SubmitEvaluation(message, timeout=10)
+            assert info.value.code() == code, (label, info.value.details())
+        code, details = mallory.refused([mallory.header(train, task_id=task.task_id, round=task.round)])
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "SubmitEvaluation" in details
+        assert mallory.stub.SubmitEvaluation(report(), timeout=10).round == 1
+        with pytest.raises(grpc.RpcError) as info:   # one evaluation per task
+            mallory.stub.SubmitEvaluation(report(metrics={"accuracy": 1.0}), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert cluster.wait("server", 60) == 0
+    (record,) = cluster.report()["rounds"]
+    assert (record["evaluated"], record["accuracy"], record["loss"]) == (1, 0.5, 1.0)
