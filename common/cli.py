@@ -139,7 +139,7 @@ def _methods(args: argparse.Namespace) -> int:
     from fedsqueeze.methods import BUILTIN_PARAMS, method_plugin
     from fedsqueeze.plugins import listing
 
-    methods = {name: cls for name, cls in BUILTIN_PARAMS.items()}
+    methods = dict(BUILTIN_PARAMS)
     for name, _ in listing("methods", {}):
         methods[name] = method_plugin(name).target.params
     for name, cls in methods.items():

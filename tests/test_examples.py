@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from conftest import Cluster, free_port
+from fedsqueeze.v1 import federation_pb2 as pb
+
+from conftest import Cluster, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -81,22 +83,19 @@ def test_a_csv_federation_whose_server_holds_no_data(cluster: Cluster, tmp_path:
     data = f"csv(path={table},label=label)"
     for i in range(2):
         cluster.client(f"site-{i}", "--data", data, "--num-partitions", "2", "--partition-index", str(i))
-    status = None
-    while cluster.processes["server"].poll() is None:
-        try:
-            status = cluster.status()
-            scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        except Exception:   # the server is finishing: what was read last stands
-            break
-        if len(status.history) == 2:
-            break
+    def first_round_recorded() -> pb.FederationStatus | None:   # read while the server still answers
+        status = cluster.status()
+        return status if status.history else None
+
+    status = wait_for(first_round_recorded, 120, "round 1 to be recorded", interval=0.05)
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     assert cluster.wait("server", 180) == 0
     report = cluster.report()
     assert [r["evaluated"] for r in report["rounds"]] == [2, 2]
     assert report["final_accuracy"] > 0.85, report["final_accuracy"]
     # a round's downloads include the evaluation's: two models per client, against one update each
     assert all(r["dense_bytes_down"] == 2 * r["dense_bytes_up"] for r in report["rounds"])
-    assert status is not None and status.history[-1].evaluated == 2
+    assert status.history[0].evaluated == 2
     assert "fedsqueeze_round_evaluated_clients 2.0" in scraped
     for i in range(2):
         assert "evaluated the global model on" in cluster.log(f"site-{i}")

@@ -206,12 +206,13 @@ class FedCompress(Strategy[WeightedSum]):
         if self.distillation.active:
             with weight_sharing(student, k, self.settings.seed):
                 metrics.update(self.distillation.run(student, softened([teacher]), round_number))
-        if not self.distillation.active or not all(torch.isfinite(v).all() for v in float_state(student).values()):
-            if self.distillation.active:   # diverged: serve the clustered teacher rather than stop the federation
+            if not all(torch.isfinite(v).all() for v in float_state(student).values()):
+                # diverged: serve the clustered teacher rather than stop the federation
                 log.warning("round %d: distillation diverged (non-finite weights); serving the clustered teacher",
                             round_number)
                 metrics["kd_diverged"] = 1.0
-                student = copy.deepcopy(teacher)
+                student = cluster_model_(copy.deepcopy(teacher), k, self.settings.seed)
+        else:
             cluster_model_(student, k, self.settings.seed)
         self.model.load_state_dict(student.state_dict())
         if "val_accuracy" in client_metrics and "score" in client_metrics:
