@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 
 from conftest import Cluster, free_port, wait_for
 
@@ -77,17 +78,19 @@ def test_a_csv_federation_whose_server_holds_no_data(cluster: Cluster, tmp_path:
     subprocess.run([str(Path(sys.executable).parent / "fedsqueeze-tabular-csv"), str(table)], check=True, timeout=120)
     metrics_port = free_port()
     cluster.server("--insecure", "--data", "none", "--input-shape", "30", "--num-classes", "2", "--model",
-                   "tabular-mlp(hidden=16)", "--rounds", "2", "--min-clients", "2", "--linger", "3",
-                   "--metrics-listen", f"127.0.0.1:{metrics_port}")
+                   "tabular-mlp(hidden=16)", "--rounds", "2", "--min-clients", "2", "--linger", "10",
+                   "--client-timeout", "3", "--metrics-listen", f"127.0.0.1:{metrics_port}")
     assert "no data: clients evaluate" in cluster.log("server")
+    # A watcher that joins and falls silent: never selected once its client timeout passes, it never hears
+    # Finished, so the server lingers after the last round and its status and metrics can be read then.
+    with cluster.channel() as channel:
+        pb_grpc.FederationStub(channel).Join(pb.JoinRequest(client_id="watcher"), timeout=10)
+    wait_for(lambda: cluster.status().connected_clients == 0, 30, "the watcher to time out", interval=0.2)
     data = f"csv(path={table},label=label)"
     for i in range(2):
         cluster.client(f"site-{i}", "--data", data, "--num-partitions", "2", "--partition-index", str(i))
-    def first_round_recorded() -> pb.FederationStatus | None:   # read while the server still answers
-        status = cluster.status()
-        return status if status.history else None
-
-    status = wait_for(first_round_recorded, 120, "round 1 to be recorded", interval=0.05)
+    status = wait_for(lambda: (s := cluster.status()).state == pb.FINISHED and s, 180, "the federation to finish",
+                      interval=0.2)
     scraped = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     assert cluster.wait("server", 180) == 0
     report = cluster.report()
@@ -95,7 +98,7 @@ def test_a_csv_federation_whose_server_holds_no_data(cluster: Cluster, tmp_path:
     assert report["final_accuracy"] > 0.85, report["final_accuracy"]
     # a round's downloads include the evaluation's: two models per client, against one update each
     assert all(r["dense_bytes_down"] == 2 * r["dense_bytes_up"] for r in report["rounds"])
-    assert status.history[0].evaluated == 2
+    assert [r.evaluated for r in status.history] == [2, 2]
     assert "fedsqueeze_round_evaluated_clients 2.0" in scraped
     for i in range(2):
         assert "evaluated the global model on" in cluster.log(f"site-{i}")
