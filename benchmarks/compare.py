@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsqueeze.plotting import plot_accuracy_vs_bytes
+from fedsqueeze.apps.plotting import plot_accuracy_vs_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def run_variant(label: str, extra: list[str], common: list[str], runs: Path) -> 
             return report
     print(f"\n=== {label}: {command}", flush=True)
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", *shlex.split(command), "--out", str(run_dir)],
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", *shlex.split(command), "--out", str(run_dir)],
                             cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"variant {label!r} failed (exit {result.returncode}); logs in {run_dir / 'logs'}")

@@ -32,9 +32,9 @@ from typing import Any
 from netlab import LinkLimits, NetLab, why_unavailable
 from scale import reap
 
+from fedsqueeze.apps.plotting import plot_systems
+from fedsqueeze.apps.simulate import config_flags
 from fedsqueeze.config import LOSSLESS_CODEC, ClientConfig, ServerConfig
-from fedsqueeze.plotting import plot_systems
-from fedsqueeze.simulate import config_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -96,14 +96,14 @@ def commands(row: Row, args: argparse.Namespace, lab: NetLab, out: Path) -> tupl
                                  rounds=args.rounds, min_clients=args.clients, concurrent_uploads=args.clients,
                                  epochs=args.epochs, out=str(out),
                                  downlink=row.downlink, **common)
-    server = [sys.executable, "-m", "fedsqueeze", "server", *config_flags(server_config)]
+    server = [sys.executable, "-m", "fedsqueeze.apps", "server", *config_flags(server_config)]
     clients = []
     for i in range(args.clients):
         client_config = ClientConfig(server=lab.server_address(i, PORT), insecure=True, client_id=f"client-{i}",
                                      partition=args.partition, num_partitions=args.clients, partition_index=i,
                                      threads=1, compute_budget=row.budgets[i % len(row.budgets)],
                                      **common)
-        clients.append([*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze", "client",
+        clients.append([*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze.apps", "client",
                         *config_flags(client_config)])
     return server, clients
 

@@ -31,7 +31,7 @@ from scale import RESULTS, wait_for_port  # noqa: E402  (benchmarks/ is not a pa
 
 def fedsqueeze(*args: str, log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen([sys.executable, "-m", "fedsqueeze", *args], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen([sys.executable, "-m", "fedsqueeze.apps", *args], stdout=out, stderr=subprocess.STDOUT)
 
 
 def main() -> None:

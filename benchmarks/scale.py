@@ -68,14 +68,14 @@ def run_level(clients: int, args: argparse.Namespace, folder: Path) -> dict[str,
     port_file, out = folder / f"server-{clients}.port", folder / f"load-{clients}.json"
     server_log = (folder / f"server-{clients}.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "fedsqueeze", "server", "--insecure", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "fedsqueeze.apps", "server", "--insecure", "--listen", "127.0.0.1:0",
          "--port-file", str(port_file), "--data", "fashion-mnist", "--model", args.model,
          "--min-clients", str(clients), "--rounds", str(args.rounds), "--uplink", args.uplink,
          "--chunk-bytes", str(args.chunk_bytes), "--malloc-arenas", str(args.malloc_arenas),
          "--linger", "10", "--log-level", "WARNING"], stdout=server_log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         port = wait_for_port(port_file, server)
-        loadgen = subprocess.Popen([sys.executable, "-m", "fedsqueeze", "loadgen", "--server", f"127.0.0.1:{port}",
+        loadgen = subprocess.Popen([sys.executable, "-m", "fedsqueeze.apps", "loadgen", "--server", f"127.0.0.1:{port}",
                                     "--clients", str(clients), "--chunk-bytes", str(args.chunk_bytes),
                                     "--out", str(out)], cwd=ROOT, stdout=subprocess.DEVNULL)
         load = reap(loadgen, timeout=3600)

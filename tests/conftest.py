@@ -55,7 +55,7 @@ class Cluster:
         return proc
 
     def fedsqueeze(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        return self.spawn(name, [sys.executable, "-m", "fedsqueeze", *args], env)
+        return self.spawn(name, [sys.executable, "-m", "fedsqueeze.apps", *args], env)
 
     def server(self, *args: str, port: int = 0, wait: bool = True, name: str = "server") -> subprocess.Popen[bytes]:
         port_file = self.root / "server.port"

@@ -12,7 +12,10 @@ import pytest
 import torch
 import zstandard
 
-from fedsqueeze.autoencoder import (
+from fedsqueeze.client.error_feedback import ErrorFeedback
+from fedsqueeze.client.trainers.autoencoder import compose
+from fedsqueeze.codecs import LATENT_MODELS, CodecError, get_pipeline
+from fedsqueeze.methods.autoencoder.networks import (
     CORRECTION,
     DECODER_PREFIX,
     UPDATE,
@@ -24,9 +27,6 @@ from fedsqueeze.autoencoder import (
     train_autoencoder,
     unflatten,
 )
-from fedsqueeze.client.error_feedback import ErrorFeedback
-from fedsqueeze.client.trainers.autoencoder import compose
-from fedsqueeze.codecs import LATENT_MODELS, CodecError, get_pipeline
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.strategies import StrategySettings

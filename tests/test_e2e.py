@@ -20,7 +20,7 @@ def test_simulate_trains_and_counts_every_byte(tmp_path: Path) -> None:
     """The simulate command end to end; with raw float32 codecs, counted bytes stay within 2% of the tensors."""
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze", "simulate", "--clients", "3", "--rounds", "3", "--data",
+        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--clients", "3", "--rounds", "3", "--data",
          "synthetic(size=28,samples=900)", "--model", "cnn", "--out", str(out), "--linger", "5",
          "--uplink", "dense", "--downlink", "dense"],
         capture_output=True, text=True, timeout=300)
@@ -110,10 +110,10 @@ def test_sigterm_stops_a_client_cleanly(cluster: Cluster) -> None:
 def test_operator_status_health_and_reflection(cluster: Cluster) -> None:
     cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "5")
     target = f"127.0.0.1:{cluster.port}"
-    health = subprocess.run([sys.executable, "-m", "fedsqueeze", "health", "--server", target, "--insecure"],
+    health = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "health", "--server", target, "--insecure"],
                             capture_output=True, text=True, timeout=60)
     assert health.returncode == 0 and health.stdout.strip() == "SERVING"
-    status = subprocess.run([sys.executable, "-m", "fedsqueeze", "status", "--server", target, "--insecure",
+    status = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "status", "--server", target, "--insecure",
                              "--json"], capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stderr
     document = json.loads(status.stdout)
@@ -132,7 +132,7 @@ def test_operator_status_health_and_reflection(cluster: Cluster) -> None:
     status = cluster.status()
     assert (status.bytes_up, status.bytes_down) == (request.ByteSize() + 5, reply.ByteSize() + 5)
 
-    unreachable = subprocess.run([sys.executable, "-m", "fedsqueeze", "health", "--server",
+    unreachable = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "health", "--server",
                                   f"127.0.0.1:{free_port()}", "--insecure"], capture_output=True, text=True,
                                  timeout=60)
     assert unreachable.returncode == 1
@@ -159,7 +159,7 @@ def test_codecs_cut_bytes_both_ways(tmp_path: Path) -> None:
     """Clustered uplink with error feedback and a float16 downlink, over the real path."""
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze", "simulate", "--clients", "2", "--rounds", "3", "--data",
+        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--clients", "2", "--rounds", "3", "--data",
          "synthetic(size=28,samples=600)", "--model", "cnn", "--out", str(out), "--linger", "5",
          "--uplink", "cluster(k=16)|zstd", "--downlink", "dense(dtype=float16)|zstd"],
         capture_output=True, text=True, timeout=300)

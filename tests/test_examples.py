@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def simulate(out: Path, *args: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--out", str(out), "--client-threads",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--out", str(out), "--client-threads",
                              "1", *args], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads((out / "report.json").read_text())
@@ -36,7 +36,7 @@ def test_the_examples_are_installed_packages_registered_by_entry_point() -> None
     for module in ("fedsqueeze_resnet", "fedsqueeze_tabular", "fedsqueeze_fedprox"):
         origin = Path(importlib.util.find_spec(module).origin)
         assert ROOT / "examples" not in origin.parents, f"{module} is imported from the source tree: {origin}"
-    listed = subprocess.run([sys.executable, "-m", "fedsqueeze", "plugins"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "plugins"], capture_output=True, text=True,
                             timeout=60).stdout
     for name, where in (("resnet", "fedsqueeze-resnet"), ("tabular-mlp", "fedsqueeze-tabular"),
                         ("fedprox", "fedsqueeze-fedprox"), ("scaledsign", "fedsqueeze-fedprox")):

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from fedsqueeze.clustering import cluster_model_, clustered_tensors, distinct_values, weight_sharing
 from fedsqueeze.data.datasets import load_split
 from fedsqueeze.data.ood import load_ood
+from fedsqueeze.methods.fedcompress.clustering import cluster_model_, clustered_tensors, distinct_values, weight_sharing
+from fedsqueeze.methods.fedcompress.representation import effective_rank
 from fedsqueeze.models import build_model, make_model_spec
-from fedsqueeze.representation import effective_rank
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import distill, kl_to_teacher, softened
@@ -217,7 +217,7 @@ def test_delta_uploads_keep_steps_smaller_than_the_centroid_gaps(tmp_path: Path)
 def test_simulate_fedcompress_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze", "simulate", "--method",
+        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--method",
          "fedcompress(kd_epochs=2,ood_samples=600,patience=2)", "--clients", "3", "--rounds", "5",
          "--data", "synthetic(size=28,samples=600)", "--model", "cnn", "--out", str(out), "--linger", "5"],
         capture_output=True, text=True, timeout=600)

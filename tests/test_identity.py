@@ -115,7 +115,7 @@ def test_enrolled_identities_over_tls(cluster: Cluster) -> None:
 
 
 def test_certs_command_writes_a_working_set(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "certs", "--out", str(tmp_path), "--clients",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "certs", "--out", str(tmp_path), "--clients",
                              "edge-1,edge-2"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     enrolment = Enrolment.load(str(tmp_path / "tokens.json"))

@@ -62,7 +62,7 @@ def test_environment_setting_wins_over_the_flag() -> None:
 def test_a_negative_cap_is_refused_in_process_and_by_the_server_command() -> None:
     with pytest.raises(ValueError, match="0 .* or more"):
         limit_malloc_arenas(-1)
-    done = subprocess.run([sys.executable, "-m", "fedsqueeze", "server", "--insecure", "--malloc-arenas", "-1"],
+    done = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "server", "--insecure", "--malloc-arenas", "-1"],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert "--malloc-arenas: malloc arenas must be 0" in done.stderr

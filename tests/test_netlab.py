@@ -29,7 +29,7 @@ def test_a_federation_across_namespaces_is_counted_on_the_links(cluster: Cluster
                        port=port)
         before = lab.counters()
         for i in range(2):
-            cluster.spawn(f"client-{i}", [*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze", "client",
+            cluster.spawn(f"client-{i}", [*lab.prefix_command(i), sys.executable, "-m", "fedsqueeze.apps", "client",
                                           "--server", lab.server_address(i, port), "--insecure",
                                           "--client-id", f"client-{i}", *FAST_CLIENT])
         assert cluster.wait("server", 120) == 0, cluster.logs()

@@ -190,7 +190,7 @@ def test_a_codec_stage_by_entry_point(user_path: Path) -> None:
     pipeline = plan.for_tensor("w")
     assert pipeline.spec == "dense(dtype=float32)|xor(key=7)"
     assert np.array_equal(pipeline.decode(pipeline.encode(values), spec), values)
-    listed = subprocess.run([sys.executable, "-m", "fedsqueeze", "plugins"], capture_output=True, text=True,
+    listed = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "plugins"], capture_output=True, text=True,
                             timeout=60)
     assert listed.returncode == 0 and "mystage:Xor (entry point of mystage)" in listed.stdout, listed.stdout
 
@@ -231,7 +231,7 @@ def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Pa
 
 def test_simulate_with_a_users_model_and_data(tmp_path: Path, user_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--model", "mymod:build(hidden=32)",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mymod:build(hidden=32)",
                              "--data", "mymod:load()", "--clients", "2", "--rounds", "2", "--out", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -301,7 +301,7 @@ def test_a_federation_on_a_csv_table(tmp_path: Path) -> None:
     rows = "".join(",".join([*(f"{v:.6f}" for v in row), str(label)]) + "\n" for row, label in zip(x, bunch.target))
     (tmp_path / "cancer.csv").write_text(header + "\n" + rows)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--model", "mlp(hidden=32)",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mlp(hidden=32)",
                              "--data", f"csv(path={tmp_path}/cancer.csv,label=diagnosis)", "--clients", "2",
                              "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -311,7 +311,7 @@ def test_a_federation_on_a_csv_table(tmp_path: Path) -> None:
 def test_a_regression_federation_evaluated_by_its_clients(tmp_path: Path, user_path: Path) -> None:
     """Float targets make a regression task: one output, squared error, accuracy null; the server holds no data."""
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--model", "mymod:build(hidden=16)",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mymod:build(hidden=16)",
                              "--data", "mymod:load_regression()", "--federated-evaluation", "--clients", "2",
                              "--rounds", "3", "--lr", "0.02", "--out", str(out)], capture_output=True, text=True,
                             timeout=300)
@@ -336,7 +336,7 @@ def test_method_parameters_are_one_typed_dataclass_listed_by_fedsqueeze_methods(
         FedCompressParams.from_spec({"k1": 3})
     with pytest.raises(ValueError, match="val_fraction must be in"):
         FedCompressParams.from_spec({"val_fraction": 1.5})
-    listed = subprocess.run([sys.executable, "-m", "fedsqueeze", "methods", "fedcompress"], capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "methods", "fedcompress"], capture_output=True,
                             text=True, timeout=60)
     assert listed.returncode == 0
     k0 = next(line for line in listed.stdout.splitlines() if line.split()[:1] == ["k0"])
@@ -345,7 +345,7 @@ def test_method_parameters_are_one_typed_dataclass_listed_by_fedsqueeze_methods(
 
 def test_a_method_plugin_by_import_path_reads_its_parameters_on_both_ends(tmp_path: Path, user_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--data", "digits", "--model",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "digits", "--model",
                              "mlp(hidden=32)", "--method", "mymethod:TAGGED(tag=0.25)", "--clients", "2",
                              "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedsqueeze.costs import training_cost
 from fedsqueeze.data.partition import partition
+from fedsqueeze.methods.reft.costs import training_cost
+from fedsqueeze.methods.reft.pruning import channel_ranking, index_map, keep_first, kept_channels, prune
 from fedsqueeze.models import build_model, make_model_spec
-from fedsqueeze.pruning import channel_ranking, index_map, keep_first, kept_channels, prune
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.strategies import StrategySettings
 from fedsqueeze.server.strategies.base import ClientUpdate
@@ -153,7 +153,7 @@ def test_a_full_size_update_from_a_small_tier_is_refused(cluster: Cluster) -> No
 def test_simulate_reft_with_three_tiers_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze", "simulate", "--method", "reft(kd_epochs=1,public_samples=300)",
+        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--method", "reft(kd_epochs=1,public_samples=300)",
          "--clients", "3", "--budgets", "1,0.3,0.1", "--rounds", "3", "--data", "synthetic(size=28,samples=600)",
          "--model", "cnn", "--uplink", "cluster(k=16)|zstd", "--out", str(out), "--linger", "5"],
         capture_output=True, text=True, timeout=600)

@@ -360,7 +360,7 @@ def test_simulate_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "simulate", "--data", "synthetic", "--clients", "2",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "synthetic", "--clients", "2",
                              "--rounds", "1", "--optimizer", "adamw", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0

@@ -18,7 +18,7 @@ def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
 
 
 def test_server_refuses_to_start_without_tls_or_insecure(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze", "server", "--data", "synthetic", "--listen",
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "server", "--data", "synthetic", "--listen",
                              "127.0.0.1:0"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "TLS by default" in result.stderr and "--insecure" in result.stderr
@@ -29,7 +29,7 @@ def test_federation_over_tls(cluster: Cluster) -> None:
     plaintext = [a for a in FAST_SERVER if a != "--insecure"]
     cluster.server(*plaintext, "--tls-cert", str(cert), "--tls-key", str(key), "--rounds", "1",
                    "--min-clients", "1")
-    health = subprocess.run([sys.executable, "-m", "fedsqueeze", "health", "--server",
+    health = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "health", "--server",
                              f"127.0.0.1:{cluster.port}", "--root-certificates", str(ca)],
                             capture_output=True, text=True, timeout=60)
     assert (health.returncode, health.stdout.strip()) == (0, "SERVING"), health.stderr

@@ -17,7 +17,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from fedsqueeze.autoencoder import (
+from fedsqueeze.client.error_feedback import ErrorFeedback
+from fedsqueeze.client.trainers.base import Trainer, TrainResult
+from fedsqueeze.client.trainers.local import local_delta
+from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
+from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.methods import AutoencoderParams
+from fedsqueeze.methods.autoencoder.networks import (
     COARSE,
     CORRECTION,
     DECODER_PREFIX,
@@ -28,12 +34,6 @@ from fedsqueeze.autoencoder import (
     to_chunks,
     train_autoencoder,
 )
-from fedsqueeze.client.error_feedback import ErrorFeedback
-from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.client.trainers.local import local_delta
-from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
-from fedsqueeze.data.datasets import Dataset
-from fedsqueeze.methods import AutoencoderParams
 from fedsqueeze.tensors import TensorSpec, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 

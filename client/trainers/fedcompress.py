@@ -18,11 +18,11 @@ import torch
 
 from fedsqueeze.client.loops import LocalRound, local, round_generator
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
-from fedsqueeze.clustering import weight_sharing
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
 from fedsqueeze.methods import FedCompressParams
-from fedsqueeze.representation import effective_rank, embeddings_of
+from fedsqueeze.methods.fedcompress.clustering import weight_sharing
+from fedsqueeze.methods.fedcompress.representation import effective_rank, embeddings_of
 from fedsqueeze.tensors import copy_float_state, float_state
 from fedsqueeze.v1 import federation_pb2 as pb
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
 from fedsqueeze.methods import ReftParams
-from fedsqueeze.pruning import keep_first, prune
+from fedsqueeze.methods.reft.pruning import keep_first, prune
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import ExpectedTensor, expect_all

@@ -41,7 +41,9 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from fedsqueeze.autoencoder import (
+from fedsqueeze.codecs import LATENT_MODELS, get_plan
+from fedsqueeze.methods import AutoencoderParams
+from fedsqueeze.methods.autoencoder.networks import (
     COARSE,
     CORRECTION,
     DECODER_PREFIX,
@@ -52,8 +54,6 @@ from fedsqueeze.autoencoder import (
     decoder_id,
     unflatten,
 )
-from fedsqueeze.codecs import LATENT_MODELS, get_plan
-from fedsqueeze.methods import AutoencoderParams
 from fedsqueeze.server.aggregation import WeightedSum, add_mean_delta
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.storage import write_atomic, write_json_atomic

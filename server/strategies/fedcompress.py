@@ -40,11 +40,11 @@ from typing import Any
 
 import torch
 
-from fedsqueeze.clustering import cluster_model_, clustered_tensors, weight_sharing
 from fedsqueeze.codecs import get_plan
 from fedsqueeze.methods import FedCompressParams
+from fedsqueeze.methods.fedcompress.clustering import cluster_model_, clustered_tensors, weight_sharing
+from fedsqueeze.methods.fedcompress.representation import embedding_module
 from fedsqueeze.models import is_regression
-from fedsqueeze.representation import embedding_module
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened

@@ -1,6 +1,6 @@
 """REFT-style heterogeneous training: pruned sub-models sized to each device, ensemble distillation.
 
-Each round the server ranks the global model's channels (``fedsqueeze.pruning``)
+Each round the server ranks the global model's channels (``fedsqueeze.methods.reft.pruning``)
 and cuts one physically smaller sub-model per width tier; nested, so a smaller
 tier's channels are a subset of a larger one's. A client gets its tier's
 sub-model (its tensors only, in the downlink codec) and a channel count per
@@ -38,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsqueeze.costs import training_cost
 from fedsqueeze.methods import ReftParams
+from fedsqueeze.methods.reft.costs import training_cost
+from fedsqueeze.methods.reft.pruning import channel_ranking, index_map, kept_channels, prunable_layers, prune
 from fedsqueeze.models import is_regression
-from fedsqueeze.pruning import channel_ranking, index_map, kept_channels, prunable_layers, prune
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.clients import ClientInfo
 from fedsqueeze.server.distillation import Distillation, softened

@@ -20,9 +20,9 @@ import grpc
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fedsqueeze.apps.plotting import plot_accuracy_vs_bytes
 from fedsqueeze.config import ClientConfig, ServerConfig, SimulateConfig
 from fedsqueeze.data.datasets import load_split
-from fedsqueeze.plotting import plot_accuracy_vs_bytes
 from fedsqueeze.server.history import metrics_dict
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
@@ -46,7 +46,7 @@ def config_flags(config: Any) -> list[str]:
 def _spawn(command: str, config: Any, log_path: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FEDSQUEEZE_")}
     with log_path.open("wb") as log:
-        return subprocess.Popen([sys.executable, "-m", "fedsqueeze", command, *config_flags(config)],
+        return subprocess.Popen([sys.executable, "-m", "fedsqueeze.apps", command, *config_flags(config)],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
 
 

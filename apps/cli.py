@@ -48,7 +48,7 @@ def _client(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     config = resolve(SimulateConfig, args, "simulate")
     setup_logging(config.log_level, config.log_format)
-    from fedsqueeze.simulate import simulate
+    from fedsqueeze.apps.simulate import simulate
 
     return simulate(config)
 
@@ -56,7 +56,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def _loadgen(args: argparse.Namespace) -> int:
     config = resolve(LoadConfig, args, "loadgen")
     setup_logging(config.log_level, config.log_format)
-    from fedsqueeze.loadgen import main
+    from fedsqueeze.apps.loadgen import main
 
     return main(config)
 
