@@ -25,6 +25,12 @@ reports, close at quorum or deadline) and records the example-weighted mean. A
 round attempt that gets no update by its deadline is planned again with a fresh
 selection. Started on a state directory that holds a checkpoint, the loop
 resumes at the round after it.
+
+The coordinator decides; its parts keep one job each: ``rounds`` (a round
+attempt as data), ``admission`` (checks a client's message must pass before
+it touches a round), ``norm_policy`` (the update-size bound), ``records``
+(records, checkpoints, the report) and ``operator_view`` (the status answer).
+None of them, nor the loop, names a method: that is the strategy's business.
 """
 
 from __future__ import annotations
@@ -36,26 +42,26 @@ import math
 import random
 import secrets
 import time
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from fedsqueeze.codecs import CodecError, get_plan
+from fedsqueeze.codecs import CodecError
 from fedsqueeze.config import ServerConfig
-from fedsqueeze.errors import ConflictError, PayloadError, RateLimitError, RoundStateError
+from fedsqueeze.errors import PayloadError, RateLimitError, RoundStateError
 from fedsqueeze.resources import usable_cores
-from fedsqueeze.server.checkpoint import Checkpoint, CheckpointStore
+from fedsqueeze.server.admission import check_client_plan, check_evaluation_report, check_update_header, open_task
+from fedsqueeze.server.checkpoint import CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
-from fedsqueeze.server.history import build_report
 from fedsqueeze.server.metering import ByteMeter, Traffic
+from fedsqueeze.server.norm_policy import NormPolicy
 from fedsqueeze.server.observability import ServerMetrics
-from fedsqueeze.server.storage import write_json_atomic
+from fedsqueeze.server.operator_view import federation_status
+from fedsqueeze.server.records import RunRecords, finite_metrics
+from fedsqueeze.server.rounds import OUTSTANDING, Assignment, Download, OpenRound, Upload
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, Strategy
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.text import shown
@@ -64,103 +70,12 @@ from fedsqueeze.wire import EncodedModel, EncodedTensor, ExpectedTensor, decode_
 
 log = logging.getLogger(__name__)
 
-MAX_NUM_EXAMPLES = 1 << 31
-MAX_UPDATE_METRICS = 64
-MAX_PLAN_CHARACTERS = 256      # a client's codec plan; the built-in plans are well under 100
 MAX_DOWNLOADS_PER_CLIENT = 2   # DownloadModel streams one client may hold open at once
 EVALUATION_PROFILE = "evaluate"   # the one download of an evaluation round
 RETRY_SECONDS = 5.0            # pause before trying again a round that could not be prepared or closed
 MAX_ROUND_FAILURES = 3         # a round that fails this many times in a row stops the federation
 
-
-@dataclass
-class Assignment:
-    """One client's task in one round attempt."""
-
-    client_id: str
-    task_id: str
-    plan: ClientPlan
-    expected: dict[str, ExpectedTensor]
-    status: str = "assigned"   # assigned -> uploading -> committed; or left / failed (OpenRound.move only)
-    downloaded: bool = False   # its download completed once (the dense yardstick counts one per task)
-
-
-OUTSTANDING = ("assigned", "uploading")
-
-
-@dataclass
-class OpenRound:
-    number: int
-    attempt: int
-    started: float
-    deadline: float
-    assignments: dict[str, Assignment]            # by client id
-    downlinks: dict[str, EncodedModel]            # by profile
-    accumulator: Any
-    closed: asyncio.Event = field(default_factory=asyncio.Event)
-    is_open: bool = True
-    dense_up: int = 0
-    dense_down: int = 0
-    metric_sums: dict[str, float] = field(default_factory=dict)
-    metric_weight: float = 0.0
-    failures: list[str] = field(default_factory=list)   # why each dropped task failed, bounded text
-    evaluation: bool = False   # an evaluation round: evaluate tasks, answered with SubmitEvaluation
-    by_task: dict[str, Assignment] = field(init=False)
-    by_status: Counter[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.by_task = {a.task_id: a for a in self.assignments.values()}
-        self.by_status = Counter(a.status for a in self.assignments.values())
-
-    def move(self, assignment: Assignment, status: str) -> None:
-        """Set an assignment's status and keep the per-status counts, so settling a round is O(1) per event."""
-        self.by_status[assignment.status] -= 1
-        self.by_status[status] += 1
-        assignment.status = status
-
-    def mean(self, metric: str) -> float:
-        """The example-weighted mean of a metric the committed clients reported (NaN when none did)."""
-        return self.metric_sums[metric] / self.metric_weight if metric in self.metric_sums else math.nan
-
-    @property
-    def committed(self) -> int:
-        """Updates (or evaluations) committed in this round attempt."""
-        return self.by_status["committed"]
-
-    @property
-    def outstanding(self) -> int:
-        """Tasks still expected to bring an update: handed out or uploading."""
-        return sum(self.by_status[s] for s in OUTSTANDING)
-
-
-@dataclass
-class Download:
-    """A DownloadModel stream in progress: the model it sends and whose turn it holds."""
-
-    round: OpenRound
-    assignment: Assignment
-    client: ClientInfo
-    model: EncodedModel
-
-
-@dataclass
-class Upload:
-    """An update stream in progress: what it must contain and where it will land."""
-
-    round: OpenRound
-    assignment: Assignment
-    client: ClientInfo
-    header: pb.UpdateHeader
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def expected(self) -> dict[str, ExpectedTensor]:
-        return self.assignment.expected
-
-    def release(self) -> None:
-        """Give the task back if the stream failed before it committed."""
-        if self.assignment.status == "uploading":
-            self.round.move(self.assignment, "assigned")
+__all__ = ["Coordinator", "Download", "MAX_ROUND_FAILURES", "Upload"]
 
 
 class Coordinator:
@@ -173,19 +88,16 @@ class Coordinator:
         self.strategy = strategy
         self.model_spec = model_spec
         self.meter = meter
+        self.records = RunRecords(config, meter, store)
+        self.norm_policy = NormPolicy(config.max_update_norm, config.norm_action)
         self.clients = ClientRegistry(config.client_timeout, config.max_clients, config.joins_per_minute,
                                       config.max_client_plans)
-        if config.norm_action not in ("refuse", "clip"):
-            raise ValueError(f"--norm-action must be refuse or clip, not {config.norm_action!r}")
         self.phase = pb.WAITING_FOR_CLIENTS
         self.current: OpenRound | None = None
-        self.history: list[pb.RoundMetrics] = []
         self._evaluate = evaluate   # on the server's test set; None: federated evaluation
         self._rng = random.Random(config.seed)
         self._changed = asyncio.Event()         # anything changed: the round loop and the linger wait on it
         self._tasks_changed = asyncio.Event()   # a round opened or the federation finished: long-polls wait on it
-        self._traffic_at_last_close = meter.snapshot()
-        self._store = store
         # The yardstick of every compression figure: one float32 copy of the whole global model per committed
         # update and per completed download, whatever a method sends (sub-models, latents, decoders, ...).
         self._model_float32_bytes = sum(spec.dense_bytes for spec in strategy.specs.values())
@@ -196,7 +108,6 @@ class Coordinator:
         self._method_name = parse_spec(config.method)[0]   # clients find the trainer by the spec's name
         self._method_params = strategy.params.as_dict()   # every task carries them: the trainer reads the same
         self.stopped_because: str | None = None   # why the federation stopped early; None while it has not
-        self._earlier_traffic = Traffic(0, 0)   # counted by the server runs before a resume
         # The one thread that runs every strategy hook, off the event loop. Jobs run in submission order, so a
         # round's aggregation runs after every fold submitted before the round closed, and a strategy's state
         # is never touched by two threads.
@@ -206,23 +117,21 @@ class Coordinator:
         # added ~30 MiB to the peak RSS at 1,000 clients for the same updates/s (README, "The server at scale").
         self._decoding = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="decode")
 
+    @property
+    def history(self) -> list[pb.RoundMetrics]:
+        """Every finished round's record, resumed rounds included."""
+        return self.records.history
+
     def resume(self) -> int:
         """Load the state directory's checkpoint, if any; return the last committed round (0 for none)."""
-        checkpoint = self._store.load() if self._store else None
-        if checkpoint is None:
-            return 0
-        self.strategy.model.load_state_dict(checkpoint.model)
-        self.strategy.load_state_dict(checkpoint.strategy)
-        self.history = checkpoint.history
-        self._earlier_traffic = Traffic(checkpoint.bytes_up, checkpoint.bytes_down)
+        last = self.records.resume(self.strategy)
         self.metrics.restore(self.history)
-        self._first_round = checkpoint.round + 1
-        log.info("resumed from %s after round %d", self._store.folder, checkpoint.round)
-        return checkpoint.round
+        self._first_round = last + 1
+        return last
 
     def total_traffic(self) -> Traffic:
         """Bytes counted by this run, resumes included."""
-        return self.meter.snapshot() + self._earlier_traffic
+        return self.records.total_traffic()
 
     # ------------------------------------------------------------------ the loop
 
@@ -347,10 +256,10 @@ class Coordinator:
         loop = asyncio.get_running_loop()
         closed = loop.time()
         before = {name: value.clone() for name, value in self.strategy.model.state_dict().items()}
-        client_metrics, dropped = finite_metrics({k: v / rnd.metric_weight for k, v in rnd.metric_sums.items()})
         try:
             strategy_metrics = await loop.run_in_executor(
-                self._strategy_thread, self.strategy.aggregate, rnd.number, rnd.accumulator, client_metrics)
+                self._strategy_thread, self.strategy.aggregate, rnd.number, rnd.accumulator,
+                finite_metrics(rnd.means())[0])
             aggregated = loop.time()
             if self._evaluate is not None:
                 accuracy, loss = await asyncio.to_thread(self._evaluate, self.strategy.model)
@@ -359,34 +268,22 @@ class Coordinator:
                 evaluation = await self._federated_evaluation(rnd.number)
                 accuracy, loss = evaluation.mean("accuracy"), evaluation.mean("loss")
             evaluated = loop.time()
-            strategy_metrics, dropped_too = finite_metrics(strategy_metrics)
-            traffic = self.meter.snapshot()
-            spent = traffic - self._traffic_at_last_close
-            metrics = {f"client_{k}": v for k, v in client_metrics.items()}
-            metrics.update(strategy_metrics)
-            if dropped + dropped_too:
-                metrics["non_finite_metrics_dropped"] = float(dropped + dropped_too)
-            record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
-                                     bytes_down=spent.down, seconds=loop.time() - rnd.started,
-                                     selected=len(rnd.assignments), updates=rnd.committed,
-                                     dense_bytes_up=rnd.dense_up,
-                                     dense_bytes_down=rnd.dense_down + (evaluation.dense_down if evaluation else 0),
-                                     metrics=metrics, failed=rnd.by_status["failed"],
-                                     evaluated=evaluation.committed if evaluation else 0)
-            if self._store:
-                await loop.run_in_executor(self._strategy_thread, self._checkpoint, record)
+            record, traffic = self.records.record(rnd, accuracy, loss, rnd.means(), strategy_metrics, evaluation,
+                                                  loop.time() - rnd.started)
+            if self.records.store:
+                await loop.run_in_executor(self._strategy_thread, self.records.checkpoint, record, self.strategy)
         except Exception as exc:
             self.stopped_because = f"round {rnd.number} could not be closed: {type(exc).__name__}: {exc}"
             log.exception("round %d could not be closed; the global model is restored", rnd.number)
             self.strategy.model.load_state_dict(before)
             return False
-        self._traffic_at_last_close = traffic
-        self.history.append(record)
+        self.records.commit(record, traffic)
         self.metrics.rounds.inc()
         self.metrics.record(record)
         log.info("round %d done: accuracy %.4f, loss %.4f, %d/%d updates%s, up %d B, down %d B, %.1f s "
                  "(aggregation %.1f s, evaluation %.1f s)", rnd.number, accuracy, loss, rnd.committed,
-                 len(rnd.assignments), f", {record.failed} failed" if record.failed else "", spent.up, spent.down,
+                 len(rnd.assignments), f", {record.failed} failed" if record.failed else "", record.bytes_up,
+                 record.bytes_down,
                  record.seconds, aggregated - closed, evaluated - aggregated)
         await asyncio.to_thread(self.write_report)
         return True
@@ -423,23 +320,12 @@ class Coordinator:
     def submit_evaluation(self, report: pb.EvaluationReport) -> pb.SubmitReply:
         """Count one client's evaluation of the global model, weighted by its held-out examples."""
         client = self.clients.by_session(report.session_id)
-        rnd, assignment = self._open_task(report.task_id, client)
-        if not rnd.evaluation:
-            raise RoundStateError(f"task {shown(report.task_id, 40)} is a train task: send its update with "
-                                  "SubmitUpdate")
-        if report.round != rnd.number:
-            raise RoundStateError(f"report says round {report.round}, but task {report.task_id} evaluates round "
-                                  f"{rnd.number}")
-        if assignment.status != "assigned":
-            raise RoundStateError(f"task {shown(report.task_id, 40)}: an evaluation was already counted")
-        if not 1 <= report.num_examples <= MAX_NUM_EXAMPLES:
-            raise PayloadError(f"num_examples must be in [1, {MAX_NUM_EXAMPLES}], not {report.num_examples}")
-        check_metrics(report.metrics)
+        rnd = self.current
+        assignment = open_task(rnd, report.task_id, client)
+        check_evaluation_report(report, rnd, assignment)
         weight = min(report.num_examples, self.config.max_examples)
         rnd.move(assignment, "committed")
-        for key, value in report.metrics.items():
-            rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + value * weight
-        rnd.metric_weight += weight
+        rnd.add_metrics(dict(report.metrics), weight)
         client.updates_committed += 1
         log.info("round %d: evaluation %d/%d from %s (%d examples, accuracy %.4f)", rnd.number, rnd.committed,
                  len(rnd.assignments), client.client_id, report.num_examples,
@@ -448,13 +334,6 @@ class Coordinator:
         self._notify()
         return pb.SubmitReply(round=rnd.number)
 
-    def _checkpoint(self, record: pb.RoundMetrics) -> None:
-        """On the strategy thread (``state_dict`` may write files): save the state after ``record``'s round."""
-        assert self._store is not None
-        traffic = self.total_traffic()
-        self._store.save(Checkpoint(record.round, self.strategy.model.state_dict(), [*self.history, record],
-                                    traffic.up, traffic.down, self.strategy.state_dict()))
-
     async def _linger(self) -> None:
         """Keep answering Finished until every known client has heard it, or ``linger`` passes."""
         end = time.monotonic() + self.config.linger
@@ -462,11 +341,8 @@ class Coordinator:
             await self._wait_change(end - time.monotonic())
 
     def write_report(self) -> None:
-        if not self.config.out:
-            return
-        traffic = self.total_traffic()
-        report = build_report(self.strategy.name, asdict(self.config), self.history, traffic.up, traffic.down)
-        write_json_atomic(Path(self.config.out) / "report.json", report)
+        """``report.json`` in ``--out``, as the run stands now."""
+        self.records.write_report(self.strategy.name)
 
     # ------------------------------------------------------------- client calls
 
@@ -481,24 +357,11 @@ class Coordinator:
         return pb.JoinReply(session_id=info.session_id, model=self.model_spec, max_chunk_bytes=self.config.chunk_bytes)
 
     def _client_plan(self, direction: str, text: str) -> str:
-        """A codec plan a client asked for, canonical, once it has proved it encodes this model ("" for none).
-
-        Refused (INVALID_ARGUMENT) when too long, unparsable, with a stage's parameter of the wrong type or
-        out of range, with a latent stage (the autoencoder method assigns those), or when a trial round trip
-        on the model's tensors fails. Ignored with ``--no-client-codecs``.
-        """
+        """A client's codec plan once checked (``admission.check_client_plan``); "" for none or with
+        ``--no-client-codecs``."""
         if not text or not self.config.client_codecs:
             return ""
-        if len(text) > MAX_PLAN_CHARACTERS:
-            raise PayloadError(f"{direction} codec plan of {len(text)} characters: at most {MAX_PLAN_CHARACTERS}")
-        try:
-            plan = get_plan(text)
-            if any(stage.codec_id == "latent" for p in plan.pipelines() for stage in p.array_stages):
-                raise CodecError("latent stages are assigned by the server's method, not chosen by clients")
-            plan.check(self.strategy.specs)
-        except (CodecError, ValueError) as exc:
-            raise PayloadError(f"{direction} codec plan {shown(text)} refused: {shown(str(exc))}") from None
-        return plan.spec
+        return check_client_plan(direction, text, self.strategy.specs)
 
     def leave(self, session_id: str, reason: str) -> None:
         info = self.clients.leave(session_id)
@@ -595,7 +458,8 @@ class Coordinator:
     def begin_download(self, session_id: str, task_id: str) -> Download:
         """Check a download request; the caller must ``end_download`` it whatever happens."""
         client = self.clients.by_session(session_id)
-        rnd, assignment = self._open_task(task_id, client)
+        rnd = self.current
+        assignment = open_task(rnd, task_id, client)
         if client.open_downloads >= MAX_DOWNLOADS_PER_CLIENT:
             raise RateLimitError(f"{client.open_downloads} downloads already in flight for {client.client_id} "
                                  f"(at most {MAX_DOWNLOADS_PER_CLIENT}): finish or cancel one first")
@@ -616,20 +480,9 @@ class Coordinator:
     def begin_upload(self, header: pb.UpdateHeader) -> Upload:
         """Check an update's header; reserve its task until ``commit`` or ``Upload.release``."""
         client = self.clients.by_session(header.session_id)
-        rnd, assignment = self._open_task(header.task_id, client)
-        if header.round != rnd.number:
-            raise RoundStateError(f"update says round {header.round}, but task {header.task_id} "
-                                  f"belongs to round {rnd.number}")
-        if rnd.evaluation:
-            raise RoundStateError(f"task {shown(header.task_id, 40)} is an evaluate task: send its result with "
-                                  "SubmitEvaluation")
-        if assignment.status == "committed":
-            raise RoundStateError(f"task {header.task_id}: an update was already committed")
-        if assignment.status == "uploading":
-            raise ConflictError(f"task {header.task_id}: another upload is in progress")
-        if not 1 <= header.num_examples <= MAX_NUM_EXAMPLES:
-            raise PayloadError(f"num_examples must be in [1, {MAX_NUM_EXAMPLES}], not {header.num_examples}")
-        check_metrics(header.metrics)
+        rnd = self.current
+        assignment = open_task(rnd, header.task_id, client)
+        check_update_header(header, rnd, assignment)
         rnd.move(assignment, "uploading")
         return Upload(rnd, assignment, client, header)
 
@@ -665,9 +518,7 @@ class Coordinator:
         self.metrics.updates.inc()
         self.metrics.update_seconds.observe(time.monotonic() - upload.started)
         rnd.dense_up += self._model_float32_bytes
-        for key, value in update.metrics.items():
-            rnd.metric_sums[key] = rnd.metric_sums.get(key, 0.0) + value * update.num_examples
-        rnd.metric_weight += update.num_examples
+        rnd.add_metrics(update.metrics, update.num_examples)
         log.info("round %d: update %d/%d from %s (%d examples)", rnd.number, rnd.committed, len(rnd.assignments),
                  update.client_id, update.num_examples)
         self._close_if_settled(rnd)
@@ -677,63 +528,17 @@ class Coordinator:
     def _decode_bounded(self, assignment: Assignment, encoded: list[EncodedTensor]) -> dict[str, np.ndarray]:
         """The update's tensors, decoded (non-finite values refused) and norm-bounded; reads no mutable state."""
         tensors = {t.spec.name: decode_tensor(t, assignment.expected[t.spec.name]) for t in encoded}
-        return self._bounded(assignment.plan, tensors)
-
-    def _bounded(self, plan: ClientPlan, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """A delta within ``--max-update-norm``: refused (PayloadError) or scaled down, as configured."""
-        bound = self.config.max_update_norm
-        if not plan.sends_delta or bound <= 0:
-            return tensors
-        # float32 dot products (BLAS): a bound check needs no float64 copy of every update
-        norm = math.sqrt(sum(float(np.dot(flat, flat)) for flat in (t.reshape(-1) for t in tensors.values())))
-        if norm <= bound:
-            return tensors
-        if self.config.norm_action == "refuse":
-            raise PayloadError(f"update norm {norm:.4g} exceeds the server's bound {bound:g} (--max-update-norm)")
-        log.info("clipping an update of norm %.4g to %g", norm, bound)
-        return {name: (t * (bound / norm)).astype(t.dtype) for name, t in tensors.items()}
-
-    def _open_task(self, task_id: str, client: ClientInfo) -> tuple[OpenRound, Assignment]:
-        rnd = self.current
-        if rnd is None or not rnd.is_open:
-            raise RoundStateError(f"task {shown(task_id, 40)} is not open: no round is accepting work now")
-        assignment = rnd.by_task.get(task_id)
-        if assignment is None:
-            raise RoundStateError(f"task {shown(task_id, 40)} is not a task of open round {rnd.number} "
-                                  "(stale, from an earlier round, or never issued)")
-        if assignment.client_id != client.client_id:
-            raise RoundStateError(f"task {shown(task_id, 40)} was given to another client")
-        if assignment.status in ("failed", "left"):
-            raise RoundStateError(f"task {shown(task_id, 40)} was dropped from round {rnd.number} "
-                                  f"({assignment.status})")
-        return rnd, assignment
+        return self.norm_policy.apply(assignment.plan.sends_delta, tensors)
 
     def _close_if_settled(self, rnd: OpenRound) -> None:
-        quorum = max(1, math.ceil(self.config.quorum * len(rnd.assignments)))
-        if rnd.committed >= quorum or rnd.outstanding == 0:
+        if rnd.settled(self.config.quorum):
             rnd.closed.set()
 
     # ------------------------------------------------------------ operator view
 
     def status(self, include_history: bool) -> pb.FederationStatus:
-        traffic = self.total_traffic()
-        now = time.monotonic()
-        rnd = self.current
-        available = {c.client_id for c in self.clients.available()}
-        return pb.FederationStatus(
-            state=self.phase,
-            round=rnd.number if rnd else (self.history[-1].round if self.history else 0),
-            total_rounds=self.config.rounds,
-            method=self.strategy.name,
-            connected_clients=len(available),
-            clients=[pb.ClientStatus(client_id=c.client_id, capabilities=c.capabilities,
-                                     seconds_since_seen=now - c.last_seen, updates_committed=c.updates_committed)
-                     for c in self.clients.all()],
-            bytes_up=traffic.up,
-            bytes_down=traffic.down,
-            last_round=self.history[-1] if self.history else None,
-            history=self.history if include_history else [],
-        )
+        return federation_status(self.phase, self.current, self.config.rounds, self.strategy.name, self.clients,
+                                 self.history, self.total_traffic(), include_history)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -756,18 +561,3 @@ class Coordinator:
         except TimeoutError:
             pass
 
-
-def check_metrics(metrics: Mapping[str, float]) -> None:
-    """PayloadError unless a client's metrics are at most MAX_UPDATE_METRICS finite values with short names."""
-    if len(metrics) > MAX_UPDATE_METRICS:
-        raise PayloadError(f"at most {MAX_UPDATE_METRICS} metrics per message, not {len(metrics)}")
-    bad = [k for k, v in metrics.items() if not math.isfinite(v) or len(k) > 64]
-    if bad:
-        raise PayloadError(f"metrics {', '.join(shown(k, 64) for k in sorted(bad)[:3])} have non-finite "
-                           "values or names over 64 characters")
-
-
-def finite_metrics(metrics: dict[str, float]) -> tuple[dict[str, float], int]:
-    """The finite metrics, sorted by name, and how many non-finite ones were dropped (a record stays JSON)."""
-    kept = {k: float(v) for k, v in sorted(metrics.items()) if math.isfinite(v)}
-    return kept, len(metrics) - len(kept)

@@ -13,15 +13,8 @@ import numpy as np
 import pytest
 
 from fedsqueeze.certs import make_certificates
-from fedsqueeze.config import ServerConfig
 from fedsqueeze.enrolment import BearerToken, read_token
-from fedsqueeze.errors import PayloadError
 from fedsqueeze.limits import MAX_MESSAGE_BYTES
-from fedsqueeze.models import build_model, make_model_spec
-from fedsqueeze.server.coordinator import Coordinator
-from fedsqueeze.server.metering import ByteMeter
-from fedsqueeze.server.strategies import ClientPlan, StrategySettings
-from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 from fedsqueeze.wire import EncodedModel, EncodedTensor, encode_model, expect_all
@@ -177,24 +170,6 @@ def test_a_thousand_mixed_hostile_requests(cluster: Cluster) -> None:
     assert any("refused with" in line["message"] for line in log_lines)
     assert alice.submit([alice.header(task), *alice.chunks(zero, task)]).round == 2   # no round stalled
     assert alice.task().round == 3
-
-
-def test_update_norm_bound_refuses_or_clips() -> None:
-    spec = make_model_spec("cnn(width=4)", (1, 28, 28), 10)
-    settings = StrategySettings(spec, "synthetic", pb.Hyperparameters(epochs=1), "dense", "dense")
-    delta = {"a": np.full(4, 3.0, np.float32), "b": np.full(9, 2.0, np.float32)}   # norm sqrt(36+36) = 8.49
-    plan = ClientPlan("dense", settings.hyperparameters, "dense", "dense")
-
-    def coordinator(**options: object) -> Coordinator:
-        return Coordinator(ServerConfig(**options), FedAvg(build_model(spec), settings), spec, lambda m: (0, 0),
-                           ByteMeter())
-    with pytest.raises(PayloadError, match="exceeds the server's bound 8"):
-        coordinator(max_update_norm=8.0)._bounded(plan, delta)
-    clipped = coordinator(max_update_norm=4.0, norm_action="clip")._bounded(plan, delta)
-    assert np.isclose(np.sqrt(sum((v.astype(np.float64) ** 2).sum() for v in clipped.values())), 4.0)
-    assert coordinator(max_update_norm=9.0)._bounded(plan, delta) is delta
-    model_plan = ClientPlan("k=8", settings.hyperparameters, "dense", "dense", sends_delta=False)
-    assert coordinator(max_update_norm=1.0)._bounded(model_plan, delta) is delta   # models are not bounded
 
 
 def test_hostile_evaluation_reports_are_refused_and_change_nothing(cluster: Cluster) -> None:

@@ -25,10 +25,11 @@ from fedsqueeze.certs import make_certificates
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.enrolment import BearerToken, read_token, token_hash
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.server.admission import MAX_PLAN_CHARACTERS
 from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.app import build_server
 from fedsqueeze.server.clients import ClientInfo
-from fedsqueeze.server.coordinator import MAX_PLAN_CHARACTERS, MAX_ROUND_FAILURES, Coordinator
+from fedsqueeze.server.coordinator import MAX_ROUND_FAILURES, Coordinator
 from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.strategies import ClientPlan, ClientUpdate, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
@@ -360,8 +361,8 @@ def test_simulate_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "synthetic", "--clients", "2",
-                             "--rounds", "1", "--optimizer", "adamw", "--out", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "synthetic",
+                             "--clients", "2", "--rounds", "1", "--optimizer", "adamw", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "--optimizer must be one of sgd, adam, not 'adamw'" in result.stdout + result.stderr
