@@ -15,6 +15,7 @@ COPY protos protos
 COPY common common
 COPY server server
 COPY client client
+COPY apps apps
 # The same pins as scripts/setup.sh. The paths the compose volumes mount are made here, owned by the
 # unprivileged user: a named volume starts as a copy of the image's folder, ownership included.
 RUN pip install --no-cache-dir -c constraints.txt . \

@@ -23,9 +23,11 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from fedsqueeze.server.strategies.reft import parse_tiers, tier_for
@@ -84,6 +86,9 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     copied = [name for line in re.findall(r"^COPY (.+)$", dockerfile, re.M) for name in line.split()[:-1]]
     for source in copied:
         assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert set(package_dirs.values()) <= set(copied), \
+        f"the image installs the project, so it must copy every package folder: {sorted(package_dirs.values())}"
     assert "constraints.txt" in copied and re.search(r"pip install [^\n]*-c constraints\.txt \.", dockerfile), \
         "the image must install the project with the same pins as scripts/setup.sh"
     assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1] == "fedsqueeze"
@@ -94,6 +99,7 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     assert targets <= set(made.group(1).split()), f"volumes mount {targets}, the image makes {made.group(1)}"
 
 
+@pytest.mark.slow
 def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
     services = resolved_compose()["services"]
     hosts = {*services, "localhost", "0.0.0.0"}
