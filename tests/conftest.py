@@ -23,6 +23,13 @@ FAST_SERVER = ["--insecure", "--data", "synthetic", "--model", "cnn(width=8)", "
 FAST_CLIENT = ["--data", "synthetic"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that runs a live cluster (the ``cluster`` fixture) is ``slow``: ``-m "not slow"`` skips them."""
+    for item in items:
+        if "cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,6 +44,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def run_simulate(out: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``fedsqueeze simulate --out out ...`` as its own process: a real server and client processes on loopback."""
+    return subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def simulate(out: Path, *args: str, timeout: float = 600) -> dict[str, Any]:
+    """Run ``fedsqueeze simulate`` to the end and return its report; fail with its output's tail if it fails."""
+    result = run_simulate(out, *args, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
 
 
 class Cluster:

@@ -10,20 +10,20 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 
-from conftest import FAST_SERVER, Cluster, free_port, wait_for
+from conftest import FAST_SERVER, Cluster, free_port, run_simulate, simulate, wait_for
 
 
+@pytest.mark.slow
 def test_simulate_trains_and_counts_every_byte(tmp_path: Path) -> None:
     """The simulate command end to end; with raw float32 codecs, counted bytes stay within 2% of the tensors."""
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--clients", "3", "--rounds", "3", "--data",
-         "synthetic(size=28,samples=900)", "--model", "cnn", "--out", str(out), "--linger", "5",
-         "--uplink", "dense", "--downlink", "dense"],
-        capture_output=True, text=True, timeout=300)
+    result = run_simulate(out, "--clients", "3", "--rounds", "3", "--data", "synthetic(size=28,samples=900)",
+                          "--model", "cnn", "--linger", "5", "--uplink", "dense", "--downlink", "dense", timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "report.json").read_text())
     assert (out / "report.png").stat().st_size > 10_000
@@ -155,16 +155,13 @@ def test_client_survives_a_server_restart(cluster: Cluster) -> None:
     assert "session no longer valid" in log and log.count(f"joined 127.0.0.1:{port}") == 2
 
 
+@pytest.mark.slow
 def test_codecs_cut_bytes_both_ways(tmp_path: Path) -> None:
     """Clustered uplink with error feedback and a float16 downlink, over the real path."""
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--clients", "2", "--rounds", "3", "--data",
-         "synthetic(size=28,samples=600)", "--model", "cnn", "--out", str(out), "--linger", "5",
-         "--uplink", "cluster(k=16)|zstd", "--downlink", "dense(dtype=float16)|zstd"],
-        capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--clients", "2", "--rounds", "3", "--data", "synthetic(size=28,samples=600)", "--model",
+                      "cnn", "--linger", "5", "--uplink", "cluster(k=16)|zstd", "--downlink",
+                      "dense(dtype=float16)|zstd", timeout=300)
     assert report["final_accuracy"] > 0.9
     for r in report["rounds"]:
         print(f"round {r['round']}: uplink {r['dense_bytes_up'] / r['bytes_up']:.2f}x, "

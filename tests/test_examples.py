@@ -20,16 +20,15 @@ from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 
 from conftest import Cluster, free_port, wait_for
+from conftest import simulate as run_to_report
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
 def simulate(out: Path, *args: str) -> dict[str, Any]:
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--out", str(out), "--client-threads",
-                             "1", *args], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads((out / "report.json").read_text())
+    """A simulate run of an example, one training thread per client (the examples' models are small)."""
+    return run_to_report(out, "--client-threads", "1", *args)
 
 
 def test_the_examples_are_installed_packages_registered_by_entry_point() -> None:

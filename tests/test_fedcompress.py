@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,8 @@ from fedsqueeze.server.strategies.fedcompress import FedCompress, KSchedule
 from fedsqueeze.tensors import copy_float_state, float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.wire import encode_model, expect_all, receive_model
+
+from conftest import simulate
 
 
 def feed(schedule: KSchedule, history: list[tuple[float, float]]) -> list[int]:
@@ -214,15 +214,11 @@ def test_delta_uploads_keep_steps_smaller_than_the_centroid_gaps(tmp_path: Path)
     assert restored.schedule.k == deltas.schedule.k
 
 
+@pytest.mark.slow
 def test_simulate_fedcompress_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--method",
-         "fedcompress(kd_epochs=2,ood_samples=600,patience=2)", "--clients", "3", "--rounds", "5",
-         "--data", "synthetic(size=28,samples=600)", "--model", "cnn", "--out", str(out), "--linger", "5"],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--method", "fedcompress(kd_epochs=2,ood_samples=600,patience=2)", "--clients", "3",
+                      "--rounds", "5", "--data", "synthetic(size=28,samples=600)", "--model", "cnn", "--linger", "5")
     # Chance is 0.1; at round 5 the curve is still steep (0.25 -> 0.58 -> 0.9), so the last figure moves by a
     # few points with any numeric change (0.89-0.93 across k-means' float32 and float64 grids).
     assert report["method"] == "fedcompress" and report["final_accuracy"] > 0.8

@@ -22,6 +22,7 @@ from netlab import LinkLimits, NetLab, why_unavailable  # noqa: E402
 pytestmark = pytest.mark.skipif(why_unavailable() is not None, reason=f"netlab: {why_unavailable()}")
 
 
+@pytest.mark.slow
 def test_a_federation_across_namespaces_is_counted_on_the_links(cluster: Cluster) -> None:
     port = free_port()
     with NetLab(2, prefix="fsqt") as lab:

@@ -13,7 +13,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -26,7 +25,7 @@ from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.plugins import PluginError
 from fedsqueeze.tensors import TensorSpec
 
-from conftest import Cluster
+from conftest import Cluster, simulate
 
 USER_MODULE = '''
 import os
@@ -229,13 +228,11 @@ def test_the_server_refuses_bad_plugins_at_start(cluster: Cluster, user_path: Pa
         assert why in log and "Traceback" not in log, (label, log)
 
 
+@pytest.mark.slow
 def test_simulate_with_a_users_model_and_data(tmp_path: Path, user_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mymod:build(hidden=32)",
-                             "--data", "mymod:load()", "--clients", "2", "--rounds", "2", "--out", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--model", "mymod:build(hidden=32)", "--data", "mymod:load()", "--clients", "2", "--rounds",
+                      "2", timeout=300)
     assert [r["round"] for r in report["rounds"]] == [1, 2]
     assert report["final_accuracy"] > 0.5   # 4 classes: chance is about 0.25
 
@@ -291,6 +288,7 @@ def test_npz_csv_and_imagefolder_datasets(tmp_path: Path) -> None:
             load_split(spec, "train")
 
 
+@pytest.mark.slow
 def test_a_federation_on_a_csv_table(tmp_path: Path) -> None:
     """scikit-learn's breast-cancer table (shipped in its wheel), standardised, as a device's CSV file."""
     from sklearn.datasets import load_breast_cancer
@@ -301,22 +299,17 @@ def test_a_federation_on_a_csv_table(tmp_path: Path) -> None:
     rows = "".join(",".join([*(f"{v:.6f}" for v in row), str(label)]) + "\n" for row, label in zip(x, bunch.target))
     (tmp_path / "cancer.csv").write_text(header + "\n" + rows)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mlp(hidden=32)",
-                             "--data", f"csv(path={tmp_path}/cancer.csv,label=diagnosis)", "--clients", "2",
-                             "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert json.loads((out / "report.json").read_text())["final_accuracy"] > 0.85
+    report = simulate(out, "--model", "mlp(hidden=32)", "--data", f"csv(path={tmp_path}/cancer.csv,label=diagnosis)",
+                      "--clients", "2", "--rounds", "2", timeout=300)
+    assert report["final_accuracy"] > 0.85
 
 
+@pytest.mark.slow
 def test_a_regression_federation_evaluated_by_its_clients(tmp_path: Path, user_path: Path) -> None:
     """Float targets make a regression task: one output, squared error, accuracy null; the server holds no data."""
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--model", "mymod:build(hidden=16)",
-                             "--data", "mymod:load_regression()", "--federated-evaluation", "--clients", "2",
-                             "--rounds", "3", "--lr", "0.02", "--out", str(out)], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--model", "mymod:build(hidden=16)", "--data", "mymod:load_regression()",
+                      "--federated-evaluation", "--clients", "2", "--rounds", "3", "--lr", "0.02", timeout=300)
     assert report["config"]["data"] == "none" and report["final_accuracy"] is None
     assert all(r["evaluated"] == 2 for r in report["rounds"])
     variance = float(np.var(load_split("mymod:load_regression()", "test").labels))
@@ -343,13 +336,11 @@ def test_method_parameters_are_one_typed_dataclass_listed_by_fedsqueeze_methods(
     assert k0.split()[1:3] == ["int", "8"] and "clusters per layer" in k0, listed.stdout
 
 
+@pytest.mark.slow
 def test_a_method_plugin_by_import_path_reads_its_parameters_on_both_ends(tmp_path: Path, user_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "digits", "--model",
-                             "mlp(hidden=32)", "--method", "mymethod:TAGGED(tag=0.25)", "--clients", "2",
-                             "--rounds", "2", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report: dict[str, Any] = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--data", "digits", "--model", "mlp(hidden=32)", "--method", "mymethod:TAGGED(tag=0.25)",
+                      "--clients", "2", "--rounds", "2", timeout=300)
     metrics = report["rounds"][-1]["metrics"]
     assert metrics["server_tag"] == 0.25 and metrics["client_client_tag"] == 0.25
     assert report["final_accuracy"] > 0.5

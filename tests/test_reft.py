@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -23,7 +21,7 @@ from fedsqueeze.server.strategies.reft import Reft, parse_tiers, tier_for
 from fedsqueeze.tensors import float_state
 from fedsqueeze.v1 import federation_pb2 as pb
 
-from conftest import FAST_SERVER, Cluster
+from conftest import FAST_SERVER, Cluster, simulate
 from test_refusals import Prober
 
 SPEC = make_model_spec("cnn", (1, 28, 28), 10)
@@ -150,15 +148,12 @@ def test_a_full_size_update_from_a_small_tier_is_refused(cluster: Cluster) -> No
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "does not match" in details, details
 
 
+@pytest.mark.slow
 def test_simulate_reft_with_three_tiers_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--method", "reft(kd_epochs=1,public_samples=300)",
-         "--clients", "3", "--budgets", "1,0.3,0.1", "--rounds", "3", "--data", "synthetic(size=28,samples=600)",
-         "--model", "cnn", "--uplink", "cluster(k=16)|zstd", "--out", str(out), "--linger", "5"],
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = simulate(out, "--method", "reft(kd_epochs=1,public_samples=300)", "--clients", "3", "--budgets",
+                      "1,0.3,0.1", "--rounds", "3", "--data", "synthetic(size=28,samples=600)", "--model", "cnn",
+                      "--uplink", "cluster(k=16)|zstd", "--linger", "5")
     assert report["method"] == "reft" and report["final_accuracy"] > 0.9
     last = report["rounds"][-1]["metrics"]
     assert [last[f"tier_{w}_clients"] for w in ("1", "0.5", "0.25")] == [1, 1, 1]

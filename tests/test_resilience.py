@@ -36,7 +36,7 @@ from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
 
-from conftest import FAST_SERVER, Cluster, wait_for
+from conftest import FAST_SERVER, Cluster, run_simulate, wait_for
 from test_refusals import RAW_FLOAT32, Prober
 
 HOSTILE_PLANS = {
@@ -358,12 +358,8 @@ def test_clients_that_cannot_do_their_task_say_so_and_the_round_closes(cluster: 
 
 
 def test_simulate_exits_non_zero_with_the_reason(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-m", "fedsqueeze.apps", "simulate", "--data", "synthetic",
-                             "--clients", "2", "--rounds", "1", "--optimizer", "adamw", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=120)
+    result = run_simulate(tmp_path, "--data", "synthetic", "--clients", "2", "--rounds", "1", "--optimizer", "adamw",
+                          timeout=120)
     assert result.returncode != 0
     assert "--optimizer must be one of sgd, adam, not 'adamw'" in result.stdout + result.stderr
 
