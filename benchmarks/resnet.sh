@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ResNet example (examples/resnet, installed by scripts/setup.sh test) under every method: ResNet-8 with batch
 # norm on Fashion-MNIST, 10 clients, 5 rounds, 1 local epoch, IID and Dirichlet(0.5). About 1 hour on 2 cores;
-# finished runs are reused. Results: benchmarks/results/resnet/, narrative: docs/benchmarks-resnet.md.
+# finished runs are reused. Results: benchmarks/results/resnet/, narrative: docs/benchmarks/resnet.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds=${ROUNDS:-5}

@@ -83,7 +83,7 @@ class ServerConfig:
     lr: float = option(0.05, "local learning rate")
     optimizer: str = option("sgd", "local optimizer: sgd or adam")
     momentum: float = option(0.9, "SGD momentum")
-    uplink: str = option(LOSSLESS_CODEC, "codec plan for updates, client -> server (see README: Codec specs); "
+    uplink: str = option(LOSSLESS_CODEC, "codec plan for updates, client -> server (docs: concepts/codecs); "
                          "the default is lossless")
     downlink: str = option(LOSSLESS_CODEC, "codec plan for models, server -> client; the default is lossless")
     error_feedback: bool = option(True, "clients carry what a lossy uplink codec drops into their next update")

@@ -5,7 +5,7 @@ exist. The server's threads (gRPC's, the decode workers, the folding thread,
 torch's) allocate an update's transient arrays in one thread and free them in
 another, so freed blocks sit in arenas other threads do not reuse and the
 process keeps them: ~140 MiB of the server's peak RSS at 1,000 clients (see
-README, "The server at scale"). Two arenas keep the same throughput.
+docs/benchmarks/index.md, "The server at scale"). Two arenas keep the same throughput.
 
 glibc reads ``MALLOC_ARENA_MAX`` from the environment itself; ``mallopt`` is
 the only way to set it from inside a running process, and no maintained

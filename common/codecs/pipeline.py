@@ -1,6 +1,6 @@
 """Pipelines of stages, and codec plans that pick a pipeline per tensor.
 
-Spec syntax (documented in README, "Codec specs"):
+Spec syntax (documented in docs/concepts/codecs.md):
 
     PLAN      := RULE ( ";" RULE )*
     RULE      := [ GLOB "=" ] PIPELINE          first rule whose glob matches the tensor name wins;

@@ -19,7 +19,7 @@ What travels up (``upload``):
   float32 between rounds and adds the clients' mean delta to it, so the small
   steps accumulate there (straight-through, as in quantisation-aware training
   with full-precision latent weights). Same wire format, same clustered
-  student served. Benchmarks: README.
+  student served. Benchmarks: docs/methods/fedcompress.md.
 
 Method parameters (``--method "fedcompress(k0=8,kd_epochs=2)"``): ``FedCompressParams``
 (``fedsqueeze methods`` lists them). Clustered indices are close to i.i.d., so
