@@ -56,7 +56,8 @@ ROWS = {
     "flower": Row("Flower FedAvg", "flower"),
     "fedavg": Row("fedsqueeze FedAvg", "fedavg"),
     # FedAvg's local epochs, delta uploads (the default) and no clustered fine-tuning: every row does the same
-    # local work; at 10 rounds the fine-tuning epoch added nothing (0.8900 with it, 0.8906 without; benchmarks/results/HISTORY.md).
+    # local work; at 10 rounds the fine-tuning epoch added nothing (0.8900 with it, 0.8906 without;
+    # benchmarks/results/HISTORY.md).
     "fedcompress": Row("fedsqueeze FedCompress", "fedcompress(kd_epochs=2,cluster_epochs=0)"),
     # Served model at K = 16, uplink deltas still at 8: the clustered downlink is where FedCompress loses accuracy
     # (fc_where_seed*: 8-valued downlink alone -0.64 / -1.35 points, clustered deltas alone -0.09 / -0.04).

@@ -114,7 +114,7 @@ class Coordinator:
         self._strategy_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strategy")
         # Decoding (zstd, numpy: both release the GIL) gets one thread per usable core. More threads run no
         # faster and each holds an update's transient arrays: asyncio's default pool (6 threads on 2 cores)
-        # added ~30 MiB to the peak RSS at 1,000 clients for the same updates/s (docs/benchmarks/index.md, "The server at scale").
+        # added ~30 MiB to the peak RSS at 1,000 clients for the same updates/s (benchmarks/results/HISTORY.md).
         self._decoding = ThreadPoolExecutor(max_workers=usable_cores(), thread_name_prefix="decode")
 
     @property
