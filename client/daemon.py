@@ -228,6 +228,7 @@ class ClientDaemon:
             downloaded = self._download(task.task_id, trainer.expected_download(task))
             clock.append(time.monotonic())
             hyperparameters = self._hyperparameters(task.hyperparameters)
+            log.info("round %d: downloaded the model in %.1f s; training", task.round, clock[1] - clock[0])
             result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
             clock.append(time.monotonic())
             update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -68,7 +67,7 @@ def test_killed_client_does_not_stop_the_run(cluster: Cluster) -> None:
     cluster.client("steady-1")
 
     wait_for(lambda: cluster.status().state == pb.TRAINING, 60, "round 1 to start")
-    time.sleep(1.0)   # the victim has its task and is training
+    wait_for(lambda: "round 1: downloaded the model" in cluster.log("victim"), 60, "the victim to start training")
     victim.send_signal(signal.SIGKILL)
     assert cluster.wait("server", 120) == 0
     report = cluster.report()
@@ -100,7 +99,7 @@ def test_sigterm_stops_a_client_cleanly(cluster: Cluster) -> None:
     cluster.server(*FAST_SERVER, "--rounds", "1", "--min-clients", "2")
     client = cluster.client("polite")
     wait_for(lambda: cluster.status().connected_clients == 1, 60, "the client to join")
-    time.sleep(0.5)   # now inside a 20 s long-poll
+    wait_for(lambda: cluster.status().clients[0].seconds_since_seen >= 0.5, 10, "the client to be inside a long-poll")
     client.send_signal(signal.SIGTERM)
     assert cluster.wait("polite", 15) == 0   # before the poll could have ended by itself: it was cancelled
     wait_for(lambda: "client polite left" in cluster.log("server"), 10, "the server to see the Leave")

@@ -3,15 +3,16 @@
 The test process is the one client of a real server process. It sends bad
 update streams, checks each status code, then commits an all-zero update: the
 next round's global model must then be bit-identical to the first, which
-proves none of the refused updates reached the accumulator.
+proves none of the refused updates reached the accumulator. Each refusal case is
+its own test against one live server (module-scoped); the last test commits.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -87,83 +88,133 @@ def zeros_like(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: np.zeros_like(value) for name, value in tensors.items()}
 
 
-def test_bad_updates_are_refused_and_leave_the_model_untouched(cluster: Cluster) -> None:
+@dataclass
+class LiveRound:
+    """One live server in round 1 of 2 and its one client, shared by every refusal case of this module."""
+
+    cluster: Cluster
+    prober: Prober
+    task: pb.TrainTask
+    model_before: dict[str, np.ndarray]
+    good: list[pb.UpdateMessage]   # an all-zero update's tensor stream, without its header
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRound]:
+    cluster = Cluster(tmp_path_factory.mktemp("refusals"))
     cluster.server(*FAST_SERVER, *RAW_FLOAT32, "--rounds", "2", "--min-clients", "1")
     channel = cluster.channel()
     prober = Prober(channel)
     task = prober.task()
-    global_before = prober.download(task)
-    zero = zeros_like(global_before)
-    good = prober.chunks(zero)
-    name = next(iter(zero))
-    INVALID, STALE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+    model_before = prober.download(task)
+    yield LiveRound(cluster, prober, task, model_before, prober.chunks(zeros_like(model_before)))
+    channel.close()
+    cluster.stop()
 
-    flipped = [pb.UpdateMessage(), *good[1:]]
-    flipped[0].CopyFrom(good[0])
+
+def _flipped(live: LiveRound) -> list[pb.UpdateMessage]:
+    flipped = [pb.UpdateMessage(), *live.good[1:]]
+    flipped[0].CopyFrom(live.good[0])
     flipped[0].chunk.data = bytes([flipped[0].chunk.data[0] ^ 1]) + flipped[0].chunk.data[1:]
-    reshaped = [pb.UpdateMessage(), *good[1:]]
-    reshaped[0].CopyFrom(good[0])
+    return flipped
+
+
+def _reshaped(live: LiveRound) -> list[pb.UpdateMessage]:
+    reshaped = [pb.UpdateMessage(), *live.good[1:]]
+    reshaped[0].CopyFrom(live.good[0])
     reshaped[0].chunk.tensor.shape[0] += 1
+    return reshaped
+
+
+def _poisoned(live: LiveRound) -> list[pb.UpdateMessage]:
+    name = next(iter(live.model_before))
     poisoned = EncodedModel([EncodedTensor(e.spec, e.codec.spec, np.full(e.spec.shape, np.nan, "<f4").tobytes()
                                            if n == name else np.zeros(e.spec.shape, "<f4").tobytes())
-                             for n, e in prober.expected.items()])
-    over_chunk = pb.UpdateMessage()
-    over_chunk.CopyFrom(good[0])
-    over_chunk.chunk.data = b"\0" * (DEFAULT_CHUNK_BYTES + 1)   # under gRPC's cap, over what the server said it takes
-    cases = {
-        "chunk too big": ([prober.header(task), over_chunk], INVALID, f"exceeds the {DEFAULT_CHUNK_BYTES}-byte limit"),
-        "bad digest": ([prober.header(task), *flipped], INVALID, "digest mismatch"),
-        "truncated": ([prober.header(task), *good[:-1]], INVALID, "truncated"),
-        "wrong shape": ([prober.header(task), *reshaped], INVALID, "does not match the model's"),
-        "NaN": ([prober.header(task), *prober.chunks(poisoned)], INVALID, "NaN"),
-        "no header": (good, INVALID, "must start with an UpdateHeader"),
-        "header twice": ([prober.header(task), prober.header(task), *good], INVALID, "sent twice"),
-        "zero examples": ([prober.header(task, num_examples=0), *good], INVALID, "num_examples"),
-        "NaN metric": ([prober.header(task, metrics={"loss": float("nan")}), *good], INVALID, "non-finite"),
-        "wrong round": ([prober.header(task, round=task.round + 1), *good], STALE, "belongs to round"),
-        "unknown task": ([prober.header(task, task_id="forged"), *good], STALE, "not a task of open round"),
-        "unknown session": ([prober.header(task, session_id="forged"), *good], grpc.StatusCode.UNAUTHENTICATED,
-                            "Join again"),
-    }
-    for label, (messages, code, reason) in cases.items():
-        got_code, details = prober.refused(messages)
-        assert (got_code, reason in details) == (code, True), f"{label}: {got_code} {details}"
+                             for n, e in live.prober.expected.items()])
+    return live.prober.chunks(poisoned)
 
-    oversized = pb.UpdateMessage(chunk=pb.Chunk(data=b"\0" * (MAX_MESSAGE_BYTES + 1)))
-    assert prober.refused([prober.header(task), oversized])[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
-    # A client that vanishes mid-stream leaves nothing behind, not even a held task.
-    release = threading.Event()
+def _over_chunk(live: LiveRound) -> list[pb.UpdateMessage]:
+    over = pb.UpdateMessage()
+    over.CopyFrom(live.good[0])
+    over.chunk.data = b"\0" * (DEFAULT_CHUNK_BYTES + 1)   # under gRPC's cap, over what the server said it takes
+    return [over]
+
+
+INVALID, STALE = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+# label: (the stream, from the live round; the code; a phrase the details must hold)
+CASES: dict[str, tuple[Callable[[LiveRound], list[pb.UpdateMessage]], grpc.StatusCode, str]] = {
+    "chunk too big": (lambda r: [r.prober.header(r.task), *_over_chunk(r)], INVALID,
+                      f"exceeds the {DEFAULT_CHUNK_BYTES}-byte limit"),
+    "bad digest": (lambda r: [r.prober.header(r.task), *_flipped(r)], INVALID, "digest mismatch"),
+    "truncated": (lambda r: [r.prober.header(r.task), *r.good[:-1]], INVALID, "truncated"),
+    "wrong shape": (lambda r: [r.prober.header(r.task), *_reshaped(r)], INVALID, "does not match the model's"),
+    "NaN": (lambda r: [r.prober.header(r.task), *_poisoned(r)], INVALID, "NaN"),
+    "no header": (lambda r: r.good, INVALID, "must start with an UpdateHeader"),
+    "header twice": (lambda r: [r.prober.header(r.task), r.prober.header(r.task), *r.good], INVALID, "sent twice"),
+    "zero examples": (lambda r: [r.prober.header(r.task, num_examples=0), *r.good], INVALID, "num_examples"),
+    "NaN metric": (lambda r: [r.prober.header(r.task, metrics={"loss": float("nan")}), *r.good], INVALID,
+                   "non-finite"),
+    "wrong round": (lambda r: [r.prober.header(r.task, round=r.task.round + 1), *r.good], STALE, "belongs to round"),
+    "unknown task": (lambda r: [r.prober.header(r.task, task_id="forged"), *r.good], STALE,
+                     "not a task of open round"),
+    "unknown session": (lambda r: [r.prober.header(r.task, session_id="forged"), *r.good],
+                        grpc.StatusCode.UNAUTHENTICATED, "Join again"),
+    "oversized message": (lambda r: [r.prober.header(r.task),
+                                     pb.UpdateMessage(chunk=pb.Chunk(data=b"\0" * (MAX_MESSAGE_BYTES + 1)))],
+                          grpc.StatusCode.RESOURCE_EXHAUSTED, ""),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("label", list(CASES))
+def test_a_bad_update_is_refused_with_its_code_and_the_round_goes_on(live: LiveRound, label: str) -> None:
+    build, code, reason = CASES[label]
+    got_code, details = live.prober.refused(build(live))
+    assert (got_code, reason in details) == (code, True), f"{label}: {got_code} {details}"
+    status = live.cluster.status()
+    assert status.state == pb.TRAINING and not status.history, "a refused update closed the round"
+
+
+@pytest.mark.slow
+def test_an_upload_cancelled_mid_stream_leaves_nothing_behind(live: LiveRound) -> None:
+    """A client that vanishes mid-stream holds its task only until the server sees the cancellation."""
+    sent, release = threading.Event(), threading.Event()
 
     def stalling() -> Iterator[pb.UpdateMessage]:
-        yield prober.header(task)
-        yield good[0]
+        yield live.prober.header(live.task)
+        yield live.good[0]
+        sent.set()
         release.wait(10)
-    call = prober.stub.SubmitUpdate.future(stalling())
-    time.sleep(0.5)
+    call = live.prober.stub.SubmitUpdate.future(stalling())
+    assert sent.wait(10)
     call.cancel()
     release.set()
+    status = live.cluster.status()
+    assert status.state == pb.TRAINING and not status.history
 
-    status = cluster.status()
-    assert status.state == pb.TRAINING and not status.history, "a refused update closed the round"
+
+@pytest.mark.slow
+def test_after_every_refusal_a_good_update_commits_and_the_model_is_unchanged(live: LiveRound) -> None:
+    """Runs last in this module: the zero update commits, so round 2's model equals round 1's bit for bit, which
+    proves no refused update above reached the accumulator."""
+    prober, task = live.prober, live.task
 
     def commit_good() -> pb.SubmitReply | None:
         try:
-            return prober.submit([prober.header(task), *good])
-        except grpc.RpcError as exc:   # ABORTED until the server has seen the cancellation, as for any client
+            return prober.submit([prober.header(task), *live.good])
+        except grpc.RpcError as exc:   # ABORTED until the server has seen a cancellation, as for any client
             if exc.code() != grpc.StatusCode.ABORTED:
                 raise
             return None
-    assert wait_for(commit_good, 5, "the cancelled upload to release its task").round == 1
-    code, details = prober.refused([prober.header(task), *good])
+    assert wait_for(commit_good, 5, "a cancelled upload to release its task").round == 1
+    code, details = prober.refused([prober.header(task), *live.good])
     assert code == STALE and ("already committed" in details or "not open" in details)
-
     next_task = prober.task()
     assert next_task.round == 2
-    global_after = prober.download(next_task)
-    for key, value in global_before.items():
-        assert np.array_equal(global_after[key], value), f"{key} changed"
-    channel.close()
+    model_after = prober.download(next_task)
+    for key, value in live.model_before.items():
+        assert np.array_equal(model_after[key], value), f"{key} changed"
 
 
 def hostile_streams(prober: Prober, task: pb.TrainTask, count: int,
