@@ -1,8 +1,9 @@
 """The coordinator's parts, each on its own and in-process: round state, admission checks, the norm bound,
-records and checkpoints, the operator view."""
+records and checkpoints, the operator view, and the client calls without the round loop."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from fedsqueeze.config import ServerConfig
-from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
+from fedsqueeze.errors import ConflictError, PayloadError, RateLimitError, RoundStateError, SessionError
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.admission import (
     MAX_PLAN_CHARACTERS,
@@ -21,6 +22,7 @@ from fedsqueeze.server.admission import (
     open_task,
 )
 from fedsqueeze.server.checkpoint import CheckpointStore
+from fedsqueeze.server.client_calls import MAX_DOWNLOADS_PER_CLIENT, ClientCalls
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
 from fedsqueeze.server.metering import ByteMeter
 from fedsqueeze.server.norm_policy import NormPolicy
@@ -30,6 +32,7 @@ from fedsqueeze.server.rounds import Assignment, OpenRound
 from fedsqueeze.server.strategies import ClientPlan, StrategySettings
 from fedsqueeze.server.strategies.fedavg import FedAvg
 from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.wire import encode_model
 
 SPEC = make_model_spec("mlp(hidden=8)", (1, 28, 28), 10)
 PLAN = ClientPlan("dense", pb.Hyperparameters(epochs=1), "dense", "dense")
@@ -220,3 +223,46 @@ def test_the_operator_view_shows_the_round_clients_bytes_and_history() -> None:
     assert [c.client_id for c in idle.clients] == ["alice"] and idle.clients[0].capabilities.cpu_cores == 2
     busy = federation_status(pb.TRAINING, a_round(number=3), 5, "fedavg", registry, history, meter.snapshot(), True)
     assert busy.round == 3 and busy.state == pb.TRAINING and len(busy.history) == 2
+
+
+# ------------------------------------------------------------------------------------------- client calls
+
+
+def test_client_calls_hand_out_the_published_round_and_guard_its_tasks_without_a_round_loop() -> None:
+    async def scenario() -> None:
+        calls = ClientCalls(ServerConfig(rounds=1, poll_timeout=5.0), strategy(), SPEC, None, ByteMeter())
+        alice = calls.join(pb.JoinRequest(client_id="alice")).session_id
+        bob = calls.join(pb.JoinRequest(client_id="bob")).session_id
+        with pytest.raises(PayloadError):
+            calls.join(pb.JoinRequest(client_id="../evil"))
+        with pytest.raises(SessionError):
+            await calls.next_task("not-a-session", 0.0)
+        waited = await calls.next_task(alice, 0.05)   # no round yet: a Wait that names the phase
+        assert waited.WhichOneof("kind") == "wait" and waited.wait.reason == "waiting_for_clients"
+        download = encode_model(*calls.strategy.downlink("dense"))
+        rnd = OpenRound(4, 1, 0.0, 60.0, {"alice": Assignment("alice", "ta", PLAN, {}),
+                                          "bob": Assignment("bob", "tb", PLAN, {})}, {"dense": download}, None)
+        poll = asyncio.create_task(calls.next_task(bob, 5.0))   # a long-poll already waiting is woken
+        await asyncio.sleep(0)
+        calls.current, calls.phase = rnd, pb.TRAINING
+        calls._notify(tasks=True)
+        task = (await poll).train
+        assert (task.round, task.task_id, task.method) == (4, "tb", "fedavg")
+        assert task.model_payload_size == download.payload_size
+        downloads = [calls.begin_download(alice, "ta") for _ in range(MAX_DOWNLOADS_PER_CLIENT)]
+        with pytest.raises(RateLimitError):
+            calls.begin_download(alice, "ta")
+        for stream in downloads:
+            calls.end_download(stream, completed=True)
+        assert rnd.dense_down == calls._model_float32_bytes   # counted once per task, however many streams
+        with pytest.raises(RoundStateError):
+            calls.begin_download(alice, "tb")   # bob's task
+        calls.report_failure(bob, "tb", "out of memory")
+        assert rnd.assignments["bob"].status == "failed" and rnd.failures == ["bob: 'out of memory'"]
+        calls.leave(alice, "done")
+        assert rnd.assignments["alice"].status == "left" and rnd.closed.is_set()   # nothing outstanding
+        calls.phase = pb.FINISHED
+        assert (await calls.next_task(bob, 0.0)).WhichOneof("kind") == "finished"
+        assert calls.clients.all()[0].told_finished
+
+    asyncio.run(scenario())
