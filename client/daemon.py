@@ -20,7 +20,6 @@ import logging
 import secrets
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -29,28 +28,18 @@ import numpy as np
 import torch
 
 from fedsqueeze.backoff import Backoff
-from fedsqueeze.client.error_feedback import ErrorFeedback
-from fedsqueeze.client.trainers import TRAINERS, Stopped, Trainer
-from fedsqueeze.codecs import get_plan
+from fedsqueeze.client.task_runner import TaskError, TaskRunner
+from fedsqueeze.client.trainers import Stopped, Trainer
 from fedsqueeze.config import ClientConfig
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
-from fedsqueeze.methods import method_plugin
 from fedsqueeze.models import build_model, is_regression
 from fedsqueeze.tensors import float_state, model_spec
 from fedsqueeze.transport import open_channel
 from fedsqueeze.upload_turns import TurnTakingUpload
 from fedsqueeze.v1 import federation_pb2 as pb
 from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import (
-    EncodedModel,
-    ExpectedTensor,
-    accepted_chunk_bytes,
-    decode_tensor,
-    encode_model,
-    expect_all,
-    receive_model,
-)
+from fedsqueeze.wire import EncodedModel, ExpectedTensor, accepted_chunk_bytes, expect_all, receive_model
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +73,7 @@ class ClientDaemon:
         self._chunk_bytes = config.chunk_bytes   # lowered to what the server accepts when it joins
         self._model_spec: pb.ModelSpec | None = None
         self._model: torch.nn.Module | None = None
-        self._trainers: dict[str, Trainer] = {}
-        self._feedback = ErrorFeedback()
+        self._runner: TaskRunner | None = None   # trains and encodes; rebuilt with the model
         self._backoff = Backoff(cap=config.max_backoff)
         self._channel = open_channel(config.server, config.insecure, config.root_certificates, config.token_file,
                                      config.client_cert, config.client_key)
@@ -180,22 +168,15 @@ class ClientDaemon:
                              f" task, the federation's model is not: check --data")
         self._model_spec = spec
         self._model = model
-        self._trainers = {}
+        self._runner = TaskRunner(model, self.data, self.client_id)
 
     def _trainer(self, task: pb.TrainTask) -> Trainer:
-        """The client half of the task's method: built in, or a method plug-in's (refused for good if neither)."""
-        trainer = self._trainers.get(task.method)
-        if trainer is None:
-            try:
-                cls = TRAINERS[task.method] if task.method in TRAINERS else method_plugin(task.method).target.trainer
-            except ValueError as exc:
-                self._fail(task, f"the server runs method {task.method!r}, which this client cannot load ({exc})")
-            if not (isinstance(cls, type) and issubclass(cls, Trainer)):
-                self._fail(task, f"method {task.method!r}: its trainer {cls!r} is not a fedsqueeze Trainer subclass")
-            assert self._model is not None
-            trainer = self._trainers[task.method] = cls(self._model, self.data,
-                                                        seed=zlib.crc32(self.client_id.encode()))
-        return trainer
+        """The client half of the task's method (refused for good if this client cannot load it)."""
+        assert self._runner is not None
+        try:
+            return self._runner.trainer(task.method)
+        except TaskError as exc:
+            self._fail(task, str(exc))
 
     def _poll(self) -> pb.Task:
         request = pb.GetTaskRequest(session_id=self._session, wait_ms=POLL_WAIT_MS)
@@ -223,27 +204,25 @@ class ClientDaemon:
 
     def _run_task(self, task: pb.TrainTask) -> None:
         trainer = self._trainer(task)
-        clock = [time.monotonic()]   # stage boundaries: where a round's time goes, for operators
+        assert self._runner is not None
+        started = time.monotonic()
         try:
             downloaded = self._download(task.task_id, trainer.expected_download(task))
-            clock.append(time.monotonic())
+            download_seconds = time.monotonic() - started
             hyperparameters = self._hyperparameters(task.hyperparameters)
-            log.info("round %d: downloaded the model in %.1f s; training", task.round, clock[1] - clock[0])
-            result = trainer.fit(task, downloaded, hyperparameters, self._stop.is_set)
-            clock.append(time.monotonic())
-            update = self._encode_update(task, result.update, result.metrics, result.feedback_applied)
-            clock.append(time.monotonic())
+            log.info("round %d: downloaded the model in %.1f s; training", task.round, download_seconds)
+            result = self._runner.run(task, downloaded, hyperparameters, self._stop.is_set)
         except (grpc.RpcError, Stopped):
             raise
         except Exception as exc:   # the task cannot be done here: say so rather than leave the round waiting
             self._fail(task, f"round {task.round}: {task.method} task failed: {type(exc).__name__}: {exc}")
-        self._submit(task, update, result.num_examples, result.metrics)
-        clock.append(time.monotonic())
+        uploading = time.monotonic()
+        self._submit(task, result.update, result.num_examples, result.metrics)
         self.rounds_done += 1
         log.info("round %d: trained on %d examples (loss %.4f), sent %d payload bytes; download %.1f s, "
                  "training %.1f s, encoding %.1f s, upload %.1f s", task.round, result.num_examples,
-                 result.metrics.get("train_loss", float("nan")), update.payload_size,
-                 *(b - a for a, b in zip(clock, clock[1:])))
+                 result.metrics.get("train_loss", float("nan")), result.update.payload_size, download_seconds,
+                 result.train_seconds, result.encode_seconds, time.monotonic() - uploading)
 
     def _run_evaluation(self, task: pb.EvaluateTask) -> None:
         """Download the global model, evaluate it on this device's held-out split, send the metrics."""
@@ -267,20 +246,6 @@ class ClientDaemon:
         self._call(self._stub.SubmitEvaluation.future(report, timeout=UNARY_TIMEOUT))
         log.info("round %d: evaluated the global model on %d held-out examples: accuracy %.4f, loss %.4f",
                  task.round, len(self._held_out), accuracy, loss)
-
-    def _encode_update(self, task: pb.TrainTask, update: dict[str, torch.Tensor], metrics: dict[str, float],
-                       feedback_applied: bool) -> EncodedModel:
-        """Encode with the task's uplink plan; with error feedback, carry what a lossy codec drops."""
-        expected = expect_all(model_spec(update), task.uplink_codec)
-        feedback = task.error_feedback and not feedback_applied and not get_plan(task.uplink_codec).lossless
-        if feedback:
-            update = self._feedback.compensate(update)
-        encoded = encode_model(update, expected)
-        if feedback:
-            sent = {t.spec.name: torch.from_numpy(decode_tensor(t, expected[t.spec.name])) for t in encoded.tensors}
-            self._feedback.remember(update, sent)
-            metrics["error_feedback_norm"] = self._feedback.norm()
-        return encoded
 
     def _hyperparameters(self, given: pb.Hyperparameters) -> pb.Hyperparameters:
         """The server's hyperparameters with this device's overrides."""

@@ -60,12 +60,15 @@ class ServerConfig:
     rounds: int = option(5, "rounds to run")
     min_clients: int = option(2, "clients that must be connected before a round starts")
     fraction: float = option(1.0, "fraction of connected clients selected per round (at least min_clients)")
+    clients_per_round: int = option(0, "clients selected per round, sampled (seeded) from those connected, "
+                                    "e.g. 100 of 10,000; 0: --fraction decides")
     quorum: float = option(1.0, "fraction of selected clients whose updates close a round early")
     round_timeout: float = option(600.0, "seconds after which a round closes with the updates it has")
     max_update_norm: float = option(1000.0, "largest L2 norm of a client's update (a delta) the server takes; "
                                     "0 for no bound")
     norm_action: str = option("refuse", "an update over --max-update-norm: refuse (INVALID_ARGUMENT) or clip")
-    max_clients: int = option(10_000, "most distinct client ids the server admits")
+    max_clients: int = option(10_000, "most distinct client ids the server admits (a cap against floods of "
+                              "made-up ids; raise it for larger fleets)")
     joins_per_minute: int = option(30, "most Joins one client id may make per minute")
     concurrent_uploads: int = option(8, "update streams read and decoded at once; more wait their turn (server "
                                      "memory grows with this, not with the clients connected)")

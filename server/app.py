@@ -69,6 +69,9 @@ def check_settings(config: ServerConfig) -> None:
         (config.rounds >= 1, f"--rounds must be at least 1, not {config.rounds}"),
         (config.min_clients >= 1, f"--min-clients must be at least 1, not {config.min_clients}"),
         (0 < config.fraction <= 1, f"--fraction must be in (0, 1], not {config.fraction}"),
+        (config.clients_per_round >= 0, f"--clients-per-round must be >= 0, not {config.clients_per_round}"),
+        (config.max_clients >= config.min_clients, f"--max-clients ({config.max_clients}) must be at least "
+                                                   f"--min-clients ({config.min_clients})"),
         (0 < config.quorum <= 1, f"--quorum must be in (0, 1], not {config.quorum}"),
         (config.round_timeout > 0, f"--round-timeout must be positive, not {config.round_timeout}"),
         (config.concurrent_uploads >= 1, f"--concurrent-uploads must be at least 1, not {config.concurrent_uploads}"),
@@ -153,12 +156,15 @@ def build_server(config: ServerConfig, coordinator: Coordinator, meter: ByteMete
     return server, health_servicer, _bind(server, config)
 
 
-async def serve(config: ServerConfig) -> None:
-    """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
+def build_coordinator(config: ServerConfig) -> tuple[Coordinator, ByteMeter]:
+    """Check every setting, build the model and the method's strategy, resume from ``--state-dir``.
+
+    The server's whole federation side except the network: ``serve`` puts gRPC in front of it, and
+    simulators drive it in-process through the same client calls. SystemExit with one message on a bad setting.
+    """
     check_settings(config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    raise_open_file_limit()
     if not 0 < config.fraction_evaluate <= 1:
         raise SystemExit(f"--fraction-evaluate must be in (0, 1], not {config.fraction_evaluate}")
     test_set, input_shape, num_classes = data_shape(config)
@@ -182,9 +188,6 @@ async def serve(config: ServerConfig) -> None:
         resumed = coordinator.resume()
     except CheckpointError as exc:
         raise SystemExit(f"cannot resume: {exc}") from None
-    if config.metrics_listen:
-        metrics_port = coordinator.metrics.serve(config.metrics_listen)
-        log.info("Prometheus metrics on %s:%d/metrics", config.metrics_listen.rpartition(":")[0], metrics_port)
     if store is None:
         log.warning("no --state-dir: the global model and round history live only in memory; a restarted "
                     "server starts the federation over")
@@ -194,6 +197,16 @@ async def serve(config: ServerConfig) -> None:
              sum(p.numel() for p in model.parameters()), strategy.name, strategy.settings.uplink,
              strategy.settings.downlink, f"test set {len(test_set)} examples" if test_set is not None else
              "no data: clients evaluate each round's model (federated evaluation)")
+    return coordinator, meter
+
+
+async def serve(config: ServerConfig) -> None:
+    """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
+    raise_open_file_limit()
+    coordinator, meter = build_coordinator(config)
+    if config.metrics_listen:
+        metrics_port = coordinator.metrics.serve(config.metrics_listen)
+        log.info("Prometheus metrics on %s:%d/metrics", config.metrics_listen.rpartition(":")[0], metrics_port)
 
     enrolment = Enrolment.load(config.tokens) if config.tokens else None
     if enrolment is None:

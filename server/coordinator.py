@@ -121,7 +121,7 @@ class Coordinator(ClientCalls):
         loop = asyncio.get_running_loop()
         started = loop.time()   # the round's clock includes encoding its downloads
         available = self.clients.available()
-        count = min(len(available), max(self.config.min_clients, math.ceil(self.config.fraction * len(available))))
+        count = min(len(available), self._cohort_size(len(available)))
         selected = self._rng.sample(available, count)
         plans, downlinks, expected, accumulator = await loop.run_in_executor(
             self._strategy_thread, self._plan_round, number, selected)
@@ -135,6 +135,12 @@ class Coordinator(ClientCalls):
         log.info("round %d%s: %d of %d clients selected: %s", number, f" (attempt {attempt})" if attempt > 1 else "",
                  count, len(available), shown)
         return rnd
+
+    def _cohort_size(self, available: int) -> int:
+        """How many of ``available`` clients a round selects: ``--clients-per-round``, else ``--fraction``."""
+        if self.config.clients_per_round:
+            return self.config.clients_per_round
+        return max(self.config.min_clients, math.ceil(self.config.fraction * available))
 
     def _publish(self, rnd: OpenRound, phase: pb.FederationState) -> None:
         """Make ``rnd`` the open round and wake the long-polls; clients that left while it was planned are out."""

@@ -116,6 +116,43 @@ def test_weighted_sum_is_the_weighted_mean_and_merges() -> None:
         whole.add({"w": np.zeros((3, 2), np.float32)}, 0)
 
 
+def test_weighted_sum_gives_the_same_bits_in_any_order_and_any_tree_of_merges() -> None:
+    rng = np.random.default_rng(2)
+    updates = [({"w": (rng.normal(size=4096) * 10.0 ** rng.integers(-4, 1)).astype(np.float32)}, float(n))
+               for n in rng.integers(1, 600, size=24)]
+    one = WeightedSum()
+    for tensors, weight in updates:
+        one.add(tensors, weight)
+    float_sums = []
+    for trial in range(4):
+        order = rng.permutation(len(updates))
+        edges = [WeightedSum() for _ in range(trial + 2)]   # a tree: edge sums merged into a root
+        for position, i in enumerate(order):
+            edges[position % len(edges)].add(*updates[i])
+        root = WeightedSum()
+        for edge in reversed(edges):
+            root.merge(edge)
+        assert torch.equal(root.sums["w"], one.sums["w"]) and torch.equal(root.mean()["w"], one.mean()["w"])
+        plain = torch.zeros(4096)
+        for i in order:
+            plain.add_(torch.from_numpy(updates[i][0]["w"]), alpha=updates[i][1])
+        float_sums.append(plain)
+    assert any(not torch.equal(float_sums[0], other) for other in float_sums[1:])   # what the fixed point fixes
+    exact = sum(t["w"].astype(np.float64) * w for t, w in updates) / sum(w for _, w in updates)
+    np.testing.assert_allclose(one.mean()["w"].numpy(), exact, rtol=1e-6, atol=1e-9)
+
+
+def test_weighted_sum_refuses_what_could_overflow_or_is_not_finite_and_stays_unchanged() -> None:
+    total = WeightedSum()
+    total.add({"w": np.ones(3, np.float32)}, 1000.0)
+    before = total.sums["w"].clone()
+    with pytest.raises(ValueError, match="overflow"):
+        total.add({"w": np.full(3, 1e5, np.float32)}, 1000.0)   # |w * x| = 1e8 > 2^26
+    with pytest.raises(ValueError, match="non-finite"):
+        total.add({"w": np.array([1.0, np.inf, 0.0], np.float32)}, 1.0)
+    assert torch.equal(total.sums["w"], before) and total.count == 1 and total.weight == 1000.0
+
+
 def test_backoff_doubles_to_the_cap_with_jitter() -> None:
     backoff = Backoff(base=0.5, cap=8.0, rng=random.Random(0))
     delays = [backoff.next_delay() for _ in range(10)]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from fedsqueeze.methods.autoencoder.networks import (
     UPDATE,
     AutoencoderModel,
     AutoencoderSpec,
+    ChunkAutoencoder,
     flatten,
     to_chunks,
     train_autoencoder,
@@ -71,6 +74,31 @@ class AutoencoderTrainer(Trainer):
         self.history: deque[np.ndarray] = deque(maxlen=8)
         self.reference_error: float | None = None   # error on the first update the current decoder had not seen
         self.feedback = ErrorFeedback()               # over the latent-phase composite
+        self.registered: tuple[str, int, ChunkAutoencoder] | None = None   # the autoencoder this client codes with
+
+    def state(self) -> dict[str, Any]:
+        registered = None
+        if self.registered is not None:
+            decoder, version, autoencoder = self.registered
+            registered = {"decoder": decoder, "version": version, "spec": asdict(autoencoder.shape),
+                          "weights": autoencoder.state_dict()}
+        return {"history": list(self.history), "history_length": self.history.maxlen,
+                "reference_error": self.reference_error, "feedback": self.feedback.residuals, "registered": registered}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.history = deque(state["history"], maxlen=state["history_length"])
+        self.reference_error = state["reference_error"]
+        self.feedback.residuals = state["feedback"]
+        if state["registered"] is not None:
+            saved = state["registered"]
+            autoencoder = ChunkAutoencoder(AutoencoderSpec(**saved["spec"]))
+            autoencoder.load_state_dict(saved["weights"])
+            self.registered = (saved["decoder"], saved["version"], autoencoder)
+            LATENT_MODELS.register(saved["decoder"], saved["version"], AutoencoderModel(autoencoder))
+
+    def unload(self) -> None:
+        if self.registered is not None:
+            LATENT_MODELS.unregister(self.registered[0], self.registered[1])
 
     def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
             should_stop: Callable[[], bool]) -> TrainResult:
@@ -89,6 +117,8 @@ class AutoencoderTrainer(Trainer):
         if config["phase"] == "register":
             samples = np.concatenate([to_chunks(h, spec.chunk)[0] for h in self.history])
             autoencoder, error = train_autoencoder(samples, spec, params.ae_epochs, params.ae_lr, seed=self.seed)
+            self.unload()
+            self.registered = (config["decoder_id"], int(config["version"]), autoencoder)
             LATENT_MODELS.register(config["decoder_id"], int(config["version"]), AutoencoderModel(autoencoder))
             self.reference_error = None
             self.feedback = ErrorFeedback()

@@ -76,6 +76,19 @@ class Trainer(ABC):
         """The tensors of this task's download (default: the whole model, in the downlink codec)."""
         return expect_all(model_spec(float_state(self.model)), task.downlink_codec)
 
+    def state(self) -> dict[str, Any]:
+        """What this trainer keeps between a device's tasks (default: nothing), as tensors, arrays, numbers,
+        strings and lists or dicts of them: a simulator saves it when it pages a virtual client out."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Take back what ``state()`` returned, on a fresh trainer of the same client (default: nothing kept)."""
+        del state
+
+    def unload(self) -> None:
+        """Free what this trainer holds outside itself (e.g. a registered latent model) once its state is saved."""
+        return None
+
     @abstractmethod
     def fit(self, task: pb.TrainTask, downloaded: dict[str, np.ndarray], hyperparameters: pb.Hyperparameters,
             should_stop: Callable[[], bool]) -> TrainResult:

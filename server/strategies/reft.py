@@ -77,7 +77,11 @@ class TierCut:
 
 
 class CoverageSum(WeightedSum):
-    """Per-element sums of weighted deltas and of the weights that covered each element, plus the teachers."""
+    """Per-element sums of weighted deltas and of the weights that covered each element, plus the teachers.
+
+    Its sums are float64 values, not ``WeightedSum``'s exact fixed point, so their last bits (and the teachers'
+    order) follow arrival order.
+    """
 
     def __init__(self) -> None:
         super().__init__()
