@@ -1,13 +1,18 @@
-"""``fedsqueeze simulate``: a real server process and N real client processes on loopback.
+"""``fedsqueeze simulate``: a whole federation on one machine.
 
-Everything crosses real gRPC connections, exactly as between machines. The
-server writes ``OUT/report.json`` after each round; simulate follows progress
-through the Operator API, then draws ``OUT/report.png``. Logs go to ``OUT/logs``.
+The process backend (the default) starts a real server process and N real
+client processes on loopback: everything crosses real gRPC connections,
+exactly as between machines, and simulate follows progress through the
+Operator API. The Ray backend (``apps/ray_backend.py``) runs a population of
+virtual clients on a pool of Ray actors against the server side in-process.
+Either way the server writes ``OUT/report.json`` after each round and simulate
+draws ``OUT/report.png``; logs go to ``OUT/logs``.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -130,8 +135,70 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
             p.wait()
 
 
+BACKENDS = ("process", "ray")
+
+
 def simulate(config: SimulateConfig) -> int:
     """Run the federation; return 0 when every round finished."""
+    if config.backend not in BACKENDS:
+        raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, not {config.backend!r}")
+    out = Path(config.out or "runs/latest")
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    report_path, plot_path = out / "report.json", out / "report.png"
+    for stale in (report_path, plot_path, out / "server.port", out / "simulation.json"):
+        stale.unlink(missing_ok=True)
+    console = Console(soft_wrap=True)
+    if config.backend == "ray":
+        ok, clients = _simulate_on_ray(config, out, console), config.population or config.clients
+    else:
+        ok, clients = _simulate_processes(config, out, console), config.clients
+    if not report_path.exists():
+        console.print(f"[red]no report was written; see {logs / 'server.log'}[/red]")
+        return 1
+    report = json.loads(report_path.read_text())
+    plot_accuracy_vs_bytes([(report["method"], report)], plot_path,
+                           f"{report['method']} on {config.data}, {clients} clients")
+    rounds = report["rounds"]
+    if rounds:
+        up, down = report["bytes_up"], report["bytes_down"]
+        console.print(f"final accuracy {_number(report['final_accuracy'])}, loss {_number(report['final_loss'])} "
+                      f"after {len(rounds)} rounds; "
+                      f"bytes up {up:,} ({report['dense_bytes_up'] / up:.2f}x below float32), "
+                      f"down {down:,} ({report['dense_bytes_down'] / down:.2f}x below float32)")
+    console.print(f"wrote {report_path} and {plot_path}")
+    return 0 if ok and len(rounds) == config.rounds else 1
+
+
+def _simulate_on_ray(config: SimulateConfig, out: Path, console: Console) -> bool:
+    """The Ray backend, its server log in ``OUT/logs/server.log``; False if the federation stopped early."""
+    from fedsqueeze.apps.ray_backend import simulate_on_ray  # only this backend needs Ray
+
+    handler = logging.FileHandler(out / "logs" / "server.log", mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package = logging.getLogger("fedsqueeze")
+    package.addHandler(handler)
+    package.setLevel(config.log_level)
+    package.propagate = False
+    try:
+        figures = simulate_on_ray(config, out, console, lambda r: console.print(_round_line(metrics_dict(r))))
+    finally:
+        package.removeHandler(handler)
+        package.propagate = True
+        handler.close()
+    simulated = figures["simulated_seconds"]
+    console.print(f"{figures['clients_trained']} clients trained, {figures['clients_per_second'] or 0:.1f} per second "
+                  f"of rounds; driver peak RSS {figures['driver_peak_rss_bytes'] / 2**20:.0f} MiB, actors "
+                  f"{figures['actor_peak_rss_bytes'] / 2**20:.0f} MiB each"
+                  + (f"; simulated time {simulated:,.1f} s ({figures['device_profiles']})"
+                     if figures["device_profiles"] != "none" else ""))
+    if figures["stopped_because"]:
+        console.print(f"[red]the federation stopped early: {figures['stopped_because']}[/red]")
+    return not figures["stopped_because"]
+
+
+def _simulate_processes(config: SimulateConfig, out: Path, console: Console) -> bool:
+    """The process backend; False when the server or a client failed."""
     partitions = config.partitions or config.clients
     if partitions < config.clients:
         raise ValueError(f"--partitions ({partitions}) must be at least --clients ({config.clients})")
@@ -139,14 +206,7 @@ def simulate(config: SimulateConfig) -> int:
         budgets = [float(b) for b in config.budgets.split(",")] if config.budgets else [1.0]
     except ValueError:
         raise ValueError(f"--budgets must be numbers separated by commas, not {config.budgets!r}") from None
-    out = Path(config.out or "runs/latest")
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    report_path, plot_path, port_file = out / "report.json", out / "report.png", out / "server.port"
-    for stale in (report_path, plot_path, port_file):
-        stale.unlink(missing_ok=True)
-    console = Console(soft_wrap=True)
-
+    logs, port_file = out / "logs", out / "server.port"
     server_config = ServerConfig(**{f.name: getattr(config, f.name) for f in fields(ServerConfig)})
     server_config = replace(server_config, min_clients=config.min_clients or config.clients,
                             port_file=str(port_file), out=str(out))
@@ -178,29 +238,21 @@ def simulate(config: SimulateConfig) -> int:
         _stop_all(clients, grace=30)
     except RuntimeError as exc:
         console.print(f"[red]{exc}: {last_error(logs / 'server.log')}[/red]; see {logs / 'server.log'}")
-        return 1
+        return False
     finally:
         _stop_all(processes, grace=10)
 
-    if not report_path.exists():
-        console.print(f"[red]no report was written; see {logs / 'server.log'}[/red]")
-        return 1
-    report = json.loads(report_path.read_text())
-    for r in report["rounds"][shown:]:
+    for r in _report_rounds(out)[shown:]:
         console.print(_round_line(r))
-    plot_accuracy_vs_bytes([(report["method"], report)], plot_path,
-                           f"{report['method']} on {config.data}, {config.clients} clients")
-    rounds = report["rounds"]
-    if rounds:
-        up, down = report["bytes_up"], report["bytes_down"]
-        console.print(f"final accuracy {_number(report['final_accuracy'])}, loss {_number(report['final_loss'])} "
-                      f"after {len(rounds)} rounds; "
-                      f"bytes up {up:,} ({report['dense_bytes_up'] / up:.2f}x below float32), "
-                      f"down {down:,} ({report['dense_bytes_down'] / down:.2f}x below float32)")
-    console.print(f"wrote {report_path} and {plot_path}")
     if server.returncode:
         console.print(f"[red]the server exited with code {server.returncode}: "
                       f"{last_error(logs / 'server.log')}[/red]")
     if failures:
         console.print(f"[red]{len(failures)} client(s) failed; the first: {failures[0]}[/red]")
-    return 0 if len(rounds) == config.rounds and server.returncode == 0 and not failures else 1
+    return server.returncode == 0 and not failures
+
+
+def _report_rounds(out: Path) -> list[dict[str, Any]]:
+    """The rounds of ``OUT/report.json`` (none if it was not written)."""
+    path = out / "report.json"
+    return json.loads(path.read_text())["rounds"] if path.exists() else []

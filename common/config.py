@@ -148,6 +148,18 @@ class SimulateConfig(ServerConfig):
     budgets: str = option("", "compute budgets of the clients in order, comma-separated, repeating (e.g. 1,0.3,0.1)")
     client_threads: int = option(1, "torch threads per client process")
     out: str | None = option("runs/latest", "directory for report.json, report.png and logs")
+    backend: str = option("process", "process: a server process and one process per client over gRPC; ray: "
+                          "--population virtual clients on a pool of Ray actors, the server side in-process "
+                          "(pip install 'fedsqueeze[ray]')")
+    population: int = option(0, "with --backend ray: virtual clients in the federation (0: --clients); "
+                             "--clients-per-round of them are sampled each round")
+    client_resources: str = option("cpus=1", "with --backend ray: what one actor takes, as Flower's "
+                                   "client_resources (cpus=C); the pool is the usable cores / C")
+    actors: int = option(0, "with --backend ray: actors in the pool (0: from --client-resources)")
+    device_profiles: str = option("none", "with --backend ray: simulated devices for the simulated clock: none, "
+                                  "fixed(speed=1,up_mbps=1,down_mbps=10), lognormal(...,sigma=0.5,seed=0) or "
+                                  "trace(path=devices.json)")
+    object_store_mb: int = option(256, "with --backend ray: Ray's object store in /dev/shm, MiB")
 
 
 @dataclass

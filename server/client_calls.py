@@ -333,6 +333,11 @@ class ClientCalls:
             self._tasks_changed.set()
             self._tasks_changed = asyncio.Event()
 
+    async def wait_for_tasks(self, timeout: float) -> None:
+        """Return once a round opens or the federation finishes, or after ``timeout``: what a long-poll waits for
+        (an in-process driver of virtual clients waits on it instead of polling)."""
+        await self._wait_change(timeout, tasks=True)
+
     async def _wait_change(self, timeout: float, tasks: bool = False) -> None:
         changed = self._tasks_changed if tasks else self._changed
         try:
