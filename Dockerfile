@@ -16,9 +16,11 @@ COPY common common
 COPY server server
 COPY client client
 COPY apps apps
+# EXTRAS="[ray]" adds the Ray simulation backend (the compose `simulate` service builds it so).
+ARG EXTRAS=""
 # The same pins as scripts/setup.sh. The paths the compose volumes mount are made here, owned by the
 # unprivileged user: a named volume starts as a copy of the image's folder, ownership included.
-RUN pip install --no-cache-dir -c constraints.txt . \
+RUN pip install --no-cache-dir -c constraints.txt ".${EXTRAS}" \
  && useradd --system --create-home fedsqueeze \
  && install -d -o fedsqueeze -g fedsqueeze /out /state /certs
 USER fedsqueeze

@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
 export COVERAGE_FILE="$PWD/.coverage"   # one data file wherever a test's processes run
 rm -f .coverage .coverage.*
-.venv/bin/python -m coverage run -m pytest "$@"
+# One worker per core: most end-to-end tests wait on processes and sockets, so two workers on two cores run
+# the suite faster; tests are dealt one at a time, those marked xdist_group (the Ray tests) to one worker.
+.venv/bin/python -m coverage run -m pytest --numprocesses auto --dist loadgroup "$@"
 .venv/bin/python -m coverage combine --quiet
 exec .venv/bin/python -m coverage report

@@ -89,7 +89,7 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     package_dirs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
     assert set(package_dirs.values()) <= set(copied), \
         f"the image installs the project, so it must copy every package folder: {sorted(package_dirs.values())}"
-    assert "constraints.txt" in copied and re.search(r"pip install [^\n]*-c constraints\.txt \.", dockerfile), \
+    assert "constraints.txt" in copied and re.search(r"pip install [^\n]*-c constraints\.txt \"?\.", dockerfile), \
         "the image must install the project with the same pins as scripts/setup.sh"
     assert re.findall(r"^USER (\S+)", dockerfile, re.M)[-1] == "fedsqueeze"
     made = re.search(r"install -d -o fedsqueeze -g fedsqueeze ([^\n]+)", dockerfile)
@@ -151,3 +151,30 @@ def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
     assert (mounts["/state"] / "checkpoint.json").exists()
     assert "SERVING PLAINTEXT" not in cluster.log("server") and "no --tokens" not in cluster.log("server")
 
+
+
+def _megabytes(size: str | int) -> float:
+    """A compose size (``1gb``, ``512m``, or bytes as docker-compose config writes it) in MiB."""
+    match = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(size).lower())
+    assert match, f"unreadable size {size!r}"
+    return int(match.group(1)) * {"": 2**-20, "k": 2**-10, "m": 1, "g": 2**10}[match.group(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("ray")   # with the other Ray tests, one cluster at a time
+def test_the_compose_simulation_runs_as_a_process_within_its_shared_memory(tmp_path: Path) -> None:
+    simulate = resolved_compose()["services"]["simulate"]
+    env = simulate["environment"]
+    assert simulate["build"]["args"]["EXTRAS"] == "[ray]" and "simulate" in simulate["profiles"]
+    assert _megabytes(simulate["shm_size"]) >= int(env["FEDSQUEEZE_OBJECT_STORE_MB"]), \
+        "Ray's object store must fit the container's /dev/shm"
+    out = tmp_path / "out"
+    out.mkdir()
+    # The file's command and settings; a smaller population and one round keep the suite short.
+    run_env = {**{k: v for k, v in os.environ.items() if not k.startswith("FEDSQUEEZE_")},
+               **{k: localize(str(v), set(), 0, {"/out": out}) for k, v in env.items()},
+               "FEDSQUEEZE_POPULATION": "40", "FEDSQUEEZE_CLIENTS_PER_ROUND": "5", "FEDSQUEEZE_ROUNDS": "1"}
+    result = subprocess.run(command(simulate["command"]), env=run_env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((out / "simulate" / "report.json").read_text())
+    assert [r["updates"] for r in report["rounds"]] == [5]

@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ -x .venv-flower/bin/python ]] || python3 -m venv .venv-flower
 .venv-flower/bin/pip install -q torch==2.13.0          # the CPU build first, so flwr cannot pull a CUDA one
-.venv-flower/bin/pip install -q flwr==1.41.0 "torch==2.13.0"
+.venv-flower/bin/pip install -q "flwr[simulation]==1.41.0" "torch==2.13.0"   # [simulation]: its Ray backend
 .venv-flower/bin/pip install -q --no-deps -e .
 .venv-flower/bin/python -c "import flwr, google.protobuf; print('flwr', flwr.__version__, 'protobuf', google.protobuf.__version__)"
