@@ -19,6 +19,14 @@ import torch
 from fedsqueeze.apps.client_store import ClientStateStore
 from fedsqueeze.apps.device_profiles import DeviceProfile, DeviceProfiles
 from fedsqueeze.apps.ray_backend import actor_cpus, check_shared_memory
+from fedsqueeze.apps.virtual_clients import VirtualClientWorker, Work, WorkDone, WorkFailed
+from fedsqueeze.config import LOSSLESS_CODEC
+from fedsqueeze.limits import MIN_CHUNK_BYTES
+from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.tensors import float_state
+from fedsqueeze.tensors import model_spec as tensor_specs
+from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.wire import StreamReceiver, encode_model, expect_all
 
 from conftest import run_simulate, simulate
 
@@ -127,3 +135,30 @@ def test_the_ray_backend_refuses_settings_it_cannot_honour(tmp_path: Path) -> No
                           (("--client-resources", "gpus=1"), "--client-resources")):
         result = run_simulate(tmp_path / "bad", "--backend", "ray", *args, *SMALL, timeout=120)
         assert result.returncode != 0 and message in result.stdout + result.stderr
+
+
+def test_a_worker_turns_a_task_and_its_download_into_the_update_stream_a_daemon_would_send(tmp_path: Path) -> None:
+    spec = make_model_spec("mlp(hidden=8)", (1, 12, 12), 10)
+    model = build_model(spec, seed=0)
+    worker = VirtualClientWorker(spec.SerializeToString(), "synthetic", "iid", 4, 0, str(tmp_path / "state"),
+                                 MIN_CHUNK_BYTES, 1)
+    plan = "dense(dtype=float16)|zstd"   # lossy: the worker keeps error-feedback residuals for the client
+    task = pb.Task(train=pb.TrainTask(round=3, task_id="t-1", method="fedavg", trainer="local",
+                                      hyperparameters=pb.Hyperparameters(epochs=1, batch_size=16, learning_rate=0.05,
+                                                                         optimizer="sgd"),
+                                      uplink_codec=plan, downlink_codec=LOSSLESS_CODEC, error_feedback=True,
+                                      method_config_json='{"params": {}}'))
+    state = float_state(model)
+    download = [c.SerializeToString() for c in encode_model(state, expect_all(tensor_specs(state), LOSSLESS_CODEC))
+                .chunks(MIN_CHUNK_BYTES)]
+    done = worker.run(Work("client-2", 2, "session-x", task.SerializeToString()), download)
+    assert isinstance(done, WorkDone) and done.num_examples == 500 and done.state_bytes > 0
+    header = pb.UpdateMessage.FromString(done.messages[0]).header
+    assert (header.session_id, header.task_id, header.round, header.num_examples) == ("session-x", "t-1", 3, 500)
+    receiver = StreamReceiver(expect_all(tensor_specs(state), plan), MIN_CHUNK_BYTES)
+    received = [t for m in done.messages[1:] if (t := receiver.feed(pb.UpdateMessage.FromString(m).chunk))]
+    receiver.finish()   # a whole stream, its digest right
+    assert sorted(t.spec.name for t in received) == sorted(state)
+    assert ClientStateStore(tmp_path / "state").load("client-2")["feedback"]   # residuals paged out
+    failed = worker.run(Work("client-1", 1, "session-y", task.SerializeToString()), download[:-1])   # truncated
+    assert isinstance(failed, WorkFailed) and failed.task_id == "t-1" and "fedavg task failed" in failed.reason

@@ -24,6 +24,7 @@ import time
 import types
 import warnings
 import zlib
+from functools import cache
 from pathlib import Path
 
 import flwr as fl
@@ -45,6 +46,13 @@ def make_model(model: str, dataset: Dataset, seed: int) -> nn.Module:
     name, params = parse_spec(model)
     config = {**params, "input_shape": list(dataset.input_shape), "num_classes": dataset.num_classes}
     return build_model(types.SimpleNamespace(name=name, config_json=json.dumps(config, sort_keys=True)), seed=seed)
+
+
+@cache
+def cached_partition(data: str, scheme: str, parts: int, seed: int) -> tuple[Dataset, list[np.ndarray]]:
+    """The train split and its partition, once per process (simulation.py's actors build many clients)."""
+    raw = load_split(data, "train")
+    return raw, partition(raw.labels, scheme, parts, seed)
 
 
 def get_weights(model: nn.Module) -> list[np.ndarray]:

@@ -19,29 +19,20 @@ import json
 import resource
 import time
 import warnings
-from functools import cache
 from pathlib import Path
 
 import flwr as fl
 import numpy as np
 import torch
-from fedavg import TrainingClient, accuracy, get_weights, make_model, set_weights
+from fedavg import TrainingClient, accuracy, cached_partition, get_weights, make_model, set_weights
 from flwr.client import ClientApp
 from flwr.common import Context
 from flwr.server import ServerApp, ServerAppComponents, ServerConfig
 from flwr.simulation import run_simulation
 
-from fedsqueeze.data.datasets import Dataset, load_split
-from fedsqueeze.data.partition import partition
+from fedsqueeze.data.datasets import load_split
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-@cache
-def _split(data: str, scheme: str, parts: int, seed: int) -> tuple[Dataset, list[np.ndarray]]:
-    """The train split and its partition, once per actor process."""
-    raw = load_split(data, "train")
-    return raw, partition(raw.labels, scheme, parts, seed)
 
 
 def main() -> None:
@@ -71,7 +62,7 @@ def main() -> None:
     def client_fn(context: Context) -> fl.client.Client:
         torch.set_num_threads(max(1, int(args.cpus)))
         index = int(context.node_config["partition-id"])
-        raw, parts = _split(args.data, args.partition, args.population, args.seed)
+        raw, parts = cached_partition(args.data, args.partition, args.population, args.seed)
         data = raw.select(parts[index])
         return TrainingClient(make_model(args.model, data, args.seed), data, f"client-{index}").to_client()
 
