@@ -8,7 +8,8 @@ bash scripts/setup.sh test
 export COVERAGE_FILE="$PWD/.coverage"   # one data file wherever a test's processes run
 rm -f .coverage .coverage.*
 # One worker per core: most end-to-end tests wait on processes and sockets, so two workers on two cores run
-# the suite faster; tests are dealt one at a time, those marked xdist_group (the Ray tests) to one worker.
-.venv/bin/python -m coverage run -m pytest --numprocesses auto --dist loadgroup "$@"
+# the suite faster. Whole files go to a worker (--dist loadfile): module fixtures are built once, and tests
+# that share fixed names (the network-namespace tests) never run at once.
+.venv/bin/python -m coverage run -m pytest --numprocesses auto --dist loadfile "$@"
 .venv/bin/python -m coverage combine --quiet
 exec .venv/bin/python -m coverage report

@@ -161,7 +161,6 @@ def _megabytes(size: str | int) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("ray")   # with the other Ray tests, one cluster at a time
 def test_the_compose_simulation_runs_as_a_process_within_its_shared_memory(tmp_path: Path) -> None:
     simulate = resolved_compose()["services"]["simulate"]
     env = simulate["environment"]

@@ -30,8 +30,6 @@ from fedsqueeze.wire import StreamReceiver, encode_model, expect_all
 
 from conftest import run_simulate, simulate
 
-pytestmark = pytest.mark.xdist_group("ray")   # one Ray cluster at a time: these run on one worker, in turn
-
 SMALL = ("--data", "synthetic", "--model", "mlp(hidden=16)", "--epochs", "1", "--batch-size", "16",
          "--threads", "1", "--round-timeout", "120")
 
