@@ -46,8 +46,11 @@ from typing import Any
 
 from rich.console import Console
 
+from fedsqueeze.apps.client_store import ClientStateStore
 from fedsqueeze.apps.device_profiles import DeviceProfiles
+from fedsqueeze.apps.simulate import compute_budgets
 from fedsqueeze.apps.virtual_clients import VirtualClientWorker, Work, WorkDone, WorkFailed
+from fedsqueeze.client.daemon import POLL_WAIT_MS
 from fedsqueeze.config import ServerConfig, SimulateConfig
 from fedsqueeze.errors import FedsqueezeError, PayloadError
 from fedsqueeze.resources import usable_cores
@@ -189,7 +192,7 @@ class Driver:
         queue: list[tuple[Work, Any, int]] = []
         for client_id in sorted(a.client_id for a in rnd.assignments.values() if a.status == "assigned"):
             session = self.sessions[client_id]
-            request = pb.GetTaskRequest(session_id=session, wait_ms=20_000)
+            request = pb.GetTaskRequest(session_id=session, wait_ms=POLL_WAIT_MS)
             task = await self.coordinator.next_task(session, 0.0)
             self._count("GetTask", framed(request), framed(task))
             if task.WhichOneof("kind") != "train":
@@ -320,7 +323,7 @@ def simulate_on_ray(config: SimulateConfig, out: Path, console: Console,
     try:
         cpus = actor_cpus(config.client_resources)
         profiles = DeviceProfiles(config.device_profiles)
-        budgets = [float(b) for b in config.budgets.split(",")] if config.budgets else [1.0]
+        budgets = compute_budgets(config)
     except ValueError as exc:
         raise SystemExit(str(exc)) from None
     cores = usable_cores()
@@ -377,7 +380,7 @@ def _figures(config: SimulateConfig, coordinator: Coordinator, driver: Driver, p
         "simulated_seconds": sum(c.simulated_seconds for c in driver.clocks),
         "driver_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "actor_peak_rss_bytes": max(actor_rss) if actor_rss else 0,
-        "client_state_bytes": sum(p.stat().st_size for p in out.glob("client-state/*.pt")),
+        "client_state_bytes": ClientStateStore(out / "client-state").total_bytes(),
         "stopped_because": coordinator.stopped_because or (
             f"{len(driver.failed)} client(s) failed; the first: {driver.failed[0]}" if driver.failed else None),
         "bytes_modelled": MODELLED, "bytes_not_modelled": NOT_MODELLED,

@@ -138,6 +138,14 @@ def _stop_all(processes: list[subprocess.Popen[bytes]], grace: float) -> None:
 BACKENDS = ("process", "ray")
 
 
+def compute_budgets(config: SimulateConfig) -> list[float]:
+    """``--budgets`` as numbers, client i taking entry i mod their count (ValueError if not numbers)."""
+    try:
+        return [float(b) for b in config.budgets.split(",")] if config.budgets else [1.0]
+    except ValueError:
+        raise ValueError(f"--budgets must be numbers separated by commas, not {config.budgets!r}") from None
+
+
 def simulate(config: SimulateConfig) -> int:
     """Run the federation; return 0 when every round finished."""
     if config.backend not in BACKENDS:
@@ -202,10 +210,7 @@ def _simulate_processes(config: SimulateConfig, out: Path, console: Console) -> 
     partitions = config.partitions or config.clients
     if partitions < config.clients:
         raise ValueError(f"--partitions ({partitions}) must be at least --clients ({config.clients})")
-    try:
-        budgets = [float(b) for b in config.budgets.split(",")] if config.budgets else [1.0]
-    except ValueError:
-        raise ValueError(f"--budgets must be numbers separated by commas, not {config.budgets!r}") from None
+    budgets = compute_budgets(config)
     logs, port_file = out / "logs", out / "server.port"
     server_config = ServerConfig(**{f.name: getattr(config, f.name) for f in fields(ServerConfig)})
     server_config = replace(server_config, min_clients=config.min_clients or config.clients,
