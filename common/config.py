@@ -117,7 +117,7 @@ class ClientConfig:
     client_key: str | None = option(None, "PEM private key of --client-cert")
     client_id: str | None = option(None, "stable id of this device (default: the host name)")
     data: str = option("fashion-mnist", "dataset spec; the client trains on its partition of the train split")
-    partition: str = option("iid", "partition scheme: iid or dirichlet(alpha=A)")
+    partition: str = option("iid", "partition scheme: iid or dirichlet(alpha=A[,by=class|client])")
     num_partitions: int = option(1, "how many partitions the train split is cut into")
     partition_index: int = option(0, "which partition is this client's (0-based)")
     seed: int = option(0, "partitioning seed (the same on every client of a federation)")
@@ -141,7 +141,8 @@ class SimulateConfig(ServerConfig):
     insecure: bool = option(True, "simulate talks plaintext over loopback")
     clients: int = option(4, "client processes to start")
     min_clients: int = option(0, "clients a round needs (0: all of --clients)")
-    partition: str = option("iid", "partition scheme: iid, dirichlet(alpha=A) or skewed(last=N,classes=C,share=S)")
+    partition: str = option("iid", "partition scheme: iid, dirichlet(alpha=A[,by=class|client]) or "
+                            "skewed(last=N,classes=C,share=S)")
     partitions: int = option(0, "parts the data is split into (0: one per client); client i holds part i")
     federated_evaluation: bool = option(False, "give the server no data: clients evaluate each round's model on "
                                         "their share of the test split")

@@ -63,7 +63,7 @@ def test_config_errors_name_the_setting(tmp_path: Path) -> None:
         resolve(ClientConfig, _args(ClientConfig, ["--config", str(toml)]), "client", {})
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet(alpha=0.3)"])
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet(alpha=0.3)", "dirichlet(alpha=0.3,by=client)"])
 def test_partitions_are_disjoint_complete_and_seeded(scheme: str) -> None:
     labels = np.random.default_rng(0).integers(0, 10, size=5000)
     parts = partition(labels, scheme, 7, seed=3)
@@ -79,8 +79,25 @@ def test_dirichlet_skews_labels_and_iid_does_not() -> None:
         return float(np.mean([np.bincount(labels[p], minlength=10).max() / len(p) for p in parts]))
     assert majority_share(partition(labels, "iid", 10, 0)) < 0.15
     assert majority_share(partition(labels, "dirichlet(alpha=0.1)", 10, 0)) > 0.5
-    with pytest.raises(ValueError, match="unknown partition scheme"):
-        partition(labels, "shards", 10, 0)
+    assert majority_share(partition(labels, "dirichlet(alpha=0.1,by=client)", 10, 0)) > 0.4
+    for bad in ("shards", "dirichlet(alpha=0.3,by=row)", "dirichlet(beta=1)"):
+        with pytest.raises(ValueError, match="unknown partition scheme"):
+            partition(labels, bad, 10, 0)
+
+
+def test_dirichlet_by_client_gives_every_client_an_equal_share_where_by_class_cannot() -> None:
+    labels = np.random.default_rng(0).integers(0, 10, size=6000)
+    with pytest.raises(ValueError, match="by=client"):
+        partition(labels, "dirichlet(alpha=0.3)", 1000, 0)
+    parts = partition(labels, "dirichlet(alpha=0.3,by=client)", 1000, 0)
+    assert {len(p) for p in parts} == {6}
+    assert len(np.unique(np.concatenate(parts))) == len(labels)
+    majority = np.mean([np.bincount(labels[p], minlength=10).max() / 6 for p in parts])
+    assert majority > 0.45  # IID six-example clients would sit near 0.3
+    with pytest.raises(ValueError, match="at least as many examples"):
+        partition(labels[:10], "dirichlet(alpha=0.3,by=client)", 11, 0)
+    with pytest.raises(ValueError, match="alpha must be > 0"):
+        partition(labels, "dirichlet(alpha=0,by=client)", 10, 0)
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
