@@ -4,8 +4,9 @@ Each method runs ``fedsqueeze simulate --backend ray`` on the same task and seed
 ``--population`` clients holding ``dirichlet(alpha=A,by=client)`` shares of the train split (each client
 draws its class mix; the by-class split cannot give 10,000 clients an example each), ``--per-round``
 sampled per round, ``--epochs`` local epochs (default 5: with six examples a client, one epoch is one
-step, and FedAvg sat near 13% after six rounds against 47% with five), every device on a ``fixed`` profile (this machine's speed, ``--up-mbps`` up,
-``--down-mbps`` down). The server evaluates on the test split every round.
+step, and FedAvg sat near 13% after six rounds against 47% with five), every device on a ``fixed``
+profile (this machine's speed, ``--up-mbps`` up, ``--down-mbps`` down). The server evaluates on the test
+split every round.
 
 Figures per method: final and best accuracy, bytes up and down (metering rule) and their ratio to
 FedAvg's, the simulated time of the whole run and to each ``--targets`` accuracy (the sum of simulated

@@ -37,10 +37,22 @@ class WeightedSum:
         self.bound = 0.0   # at least the largest |sum of w * x| of any element so far (what overflow checks)
 
     def add(self, tensors: Mapping[str, np.ndarray | torch.Tensor], weight: float) -> None:
-        if not weight > 0:
-            raise ValueError(f"aggregation weight must be positive, not {weight}")
         if self.sums and set(tensors) != set(self.sums):
             raise ValueError("update tensors differ from the accumulator's")
+        scaled, largest = self.scale(tensors, weight)
+        for name, value in scaled.items():
+            if name in self.sums:
+                self.sums[name].add_(value)
+            else:
+                self.sums[name] = value
+        self.settle(largest, weight)
+
+    def scale(self, tensors: Mapping[str, np.ndarray | torch.Tensor],
+              weight: float) -> tuple[dict[str, torch.Tensor], float]:
+        """Each w * x rounded onto the fixed-point grid (int64), and the largest |w * x|; refuses, changing
+        nothing, a non-positive weight, a non-finite value, or an add that could overflow the sum."""
+        if not weight > 0:
+            raise ValueError(f"aggregation weight must be positive, not {weight}")
         scaled, largest = {}, 0.0
         for name, value in tensors.items():
             product = torch.as_tensor(value).to(torch.float64) * weight
@@ -52,14 +64,17 @@ class WeightedSum:
         if (self.bound + largest) * _SCALE >= _LIMIT:
             raise ValueError(f"this update (|w * x| up to {largest:.3g}) could overflow the exact sum: the sum of "
                              f"|w * x| per element must stay below {_LIMIT / _SCALE:.3g}")
-        for name, value in scaled.items():
-            if name in self.sums:
-                self.sums[name].add_(value)
-            else:
-                self.sums[name] = value
+        return scaled, largest
+
+    def settle(self, largest: float, weight: float) -> None:
+        """Count one added update: its weight, and its largest |w * x| towards the overflow bound."""
         self.bound += largest
         self.weight += weight
         self.count += 1
+
+    def total(self, name: str) -> torch.Tensor:
+        """The sum of w * x of one tensor, float64."""
+        return self.sums[name].to(torch.float64) / _SCALE
 
     def merge(self, other: WeightedSum) -> None:
         """Fold another accumulator's state into this one (exactly: the result is the same in any order)."""
@@ -82,8 +97,7 @@ class WeightedSum:
         """The weighted mean per tensor, float32."""
         if not self.count:
             raise ValueError("no updates to average")
-        return {name: (value.to(torch.float64) / (self.weight * _SCALE)).to(torch.float32)
-                for name, value in self.sums.items()}
+        return {name: (self.total(name) / self.weight).to(torch.float32) for name in self.sums}
 
 
 def add_mean_delta(model: torch.nn.Module, accumulator: WeightedSum) -> dict[str, torch.Tensor]:

@@ -137,6 +137,31 @@ def test_ensemble_distillation_moves_the_global_model_towards_the_clients() -> N
     assert metrics["kd_kl_after"] < metrics["kd_kl_before"]
 
 
+def test_aggregation_and_distillation_give_the_same_bits_in_any_arrival_order_or_tree_of_merges() -> None:
+    budgets = {"a": 1.0, "b": 0.3, "c": 0.1, "d": 0.6}
+    rng = np.random.default_rng(3)
+    models = []
+    for trial, tree in enumerate(([["a", "b", "c", "d"]], [["d", "c", "b", "a"]], [["c", "a"], ["d", "b"]])):
+        reft = strategy(kd_epochs=1, kd_lr=1e-3)
+        plans = reft.configure(1, [client(name, budget) for name, budget in budgets.items()])
+        if trial == 0:
+            deltas = {name: {n: (rng.normal(0, 0.05, e.spec.shape) * 10.0 ** rng.integers(-3, 1)).astype(np.float32)
+                             for n, e in reft.expected_update(plans[name]).items()} for name in budgets}
+        edges = []
+        for branch in tree:
+            edges.append(reft.new_accumulator())
+            for name in branch:
+                reft.accumulate(edges[-1], ClientUpdate(name, plans[name], deltas[name], 37 + len(name) * 11, {}))
+        root = reft.new_accumulator()
+        for edge in reversed(edges):
+            root.merge(edge)
+        with pytest.raises(ValueError, match="count twice"):
+            root.merge(edges[0])
+        reft.aggregate(1, root, {})
+        models.append(float_state(reft.model))
+    assert all(torch.equal(models[0][n], other[n]) for other in models[1:] for n in models[0])
+
+
 def test_a_full_size_update_from_a_small_tier_is_refused(cluster: Cluster) -> None:
     cluster.server(*FAST_SERVER, "--rounds", "2", "--min-clients", "1", "--method", "reft(distill=false)")
     with cluster.channel() as channel:

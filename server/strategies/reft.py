@@ -79,42 +79,47 @@ class TierCut:
 class CoverageSum(WeightedSum):
     """Per-element sums of weighted deltas and of the weights that covered each element, plus the teachers.
 
-    Its sums are float64 values, not ``WeightedSum``'s exact fixed point, so their last bits (and the teachers'
-    order) follow arrival order.
+    Exact and order-free as ``WeightedSum`` is: the deltas sum in its fixed point, the coverage sums whole
+    example counts, and the teachers are kept by client id, so any arrival order or tree of merges gives the
+    same aggregate and the same distillation.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.covered: dict[str, torch.Tensor] = {}
-        self.teachers: list[tuple[float, dict[str, torch.Tensor]]] = []   # (width, trained sub-model)
+        self.teachers: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}   # client -> (width, sub-model)
         self.bytes_up: dict[float, int] = {}
         self.clients: dict[float, int] = {}
 
     def add_sub(self, cut: TierCut, shapes: dict[str, torch.Size], delta: dict[str, np.ndarray],
                 weight: float) -> None:
-        if not weight > 0:
-            raise ValueError(f"aggregation weight must be positive, not {weight}")
-        for name, value in delta.items():
+        scaled, largest = self.scale(delta, weight)
+        for name, value in scaled.items():
             if name not in self.sums:
-                self.sums[name] = torch.zeros(shapes[name], dtype=torch.float64)
+                self.sums[name] = torch.zeros(shapes[name], dtype=torch.int64)
                 self.covered[name] = torch.zeros(shapes[name], dtype=torch.float64)
             idx = torch.from_numpy(cut.positions[name].reshape(-1))
-            self.sums[name].view(-1)[idx] += torch.from_numpy(value.reshape(-1)).double() * weight
+            self.sums[name].view(-1).index_add_(0, idx, value.reshape(-1))
             self.covered[name].view(-1)[idx] += weight
-        self.weight += weight
-        self.count += 1
+        self.settle(largest, weight)
+
+    def ordered_teachers(self) -> list[tuple[float, dict[str, torch.Tensor]]]:
+        """The trained sub-models, in client-id order (not arrival order)."""
+        return [self.teachers[client] for client in sorted(self.teachers)]
 
     def merge(self, other: WeightedSum) -> None:
         """Fold another round sum in: its sums and coverage per element, teachers and per-tier counts."""
         if not isinstance(other, CoverageSum):
             raise TypeError("a CoverageSum merges only another CoverageSum (coverage is per element)")
+        if set(other.teachers) & set(self.teachers):
+            raise ValueError("these round sums share clients: a client's update would count twice")
         super().merge(other)
         for name, covered in other.covered.items():
             if name in self.covered:
                 self.covered[name].add_(covered)
             else:
                 self.covered[name] = covered.clone()
-        self.teachers.extend(other.teachers)
+        self.teachers.update(other.teachers)
         for width, size in other.bytes_up.items():
             self.bytes_up[width] = self.bytes_up.get(width, 0) + size
         for width, n in other.clients.items():
@@ -205,7 +210,7 @@ class Reft(Strategy[CoverageSum]):
         shapes = {name: torch.Size(spec.shape) for name, spec in self.specs.items()}
         accumulator.add_sub(cut, shapes, update.tensors, update.num_examples)
         trained = {name: cut.tensors[name] + torch.from_numpy(value) for name, value in update.tensors.items()}
-        accumulator.teachers.append((width, trained))
+        accumulator.teachers[update.client_id] = (width, trained)
         accumulator.bytes_up[width] = accumulator.bytes_up.get(width, 0) + sum(update.payload_bytes.values())
         accumulator.clients[width] = accumulator.clients.get(width, 0) + 1
 
@@ -220,12 +225,12 @@ class Reft(Strategy[CoverageSum]):
 
     def aggregate(self, round_number: int, accumulator: CoverageSum,
                   client_metrics: dict[str, float]) -> dict[str, float]:
-        teachers = self._teacher_models(accumulator.teachers)   # cut from the model the clients started from
+        teachers = self._teacher_models(accumulator.ordered_teachers())   # cut from the model the clients started from
         state = self.model.state_dict()
         coverage = []
         with torch.no_grad():
-            for name, total in accumulator.sums.items():
-                covered = accumulator.covered[name]
+            for name in accumulator.sums:
+                total, covered = accumulator.total(name), accumulator.covered[name]
                 mean = torch.where(covered > 0, total / covered.clamp_min(1e-12), torch.zeros_like(total))
                 state[name].add_(mean.to(state[name].dtype))
                 coverage.append(((covered > 0).sum().item(), covered.numel()))
