@@ -69,9 +69,11 @@ class Coordinator(ClientCalls):
 
         A round attempt that gets no update, or that cannot be prepared or closed (an exception in the
         strategy, a full disk, ...), is logged and planned again with a fresh selection; the server keeps
-        serving. A round that cannot be prepared or closed ``MAX_ROUND_FAILURES`` times in a row is a fault
-        retrying will not cure (a method that does not fit the model, say): the federation stops, clients are
-        told why, and ``stopped_because`` says it (the server then exits non-zero).
+        serving. A round that cannot be prepared or closed, or whose every selected client reports that it
+        cannot do its task, ``MAX_ROUND_FAILURES`` times is a fault retrying will not cure (a method that does
+        not fit the model, say): the federation stops, clients are told why, and ``stopped_because`` says it
+        (the server then exits non-zero). Each such attempt is followed by a pause, so clients that fail at once
+        never spin the loop.
         """
         for number in range(self._first_round, self.config.rounds + 1):
             attempt, failures = 0, 0
@@ -88,6 +90,13 @@ class Coordinator(ClientCalls):
                     await asyncio.sleep(RETRY_SECONDS if failures < MAX_ROUND_FAILURES else 0)
                     continue
                 await self._wait_until_closed(rnd)
+                if not rnd.committed and rnd.by_status["failed"] == len(rnd.assignments):
+                    failures += 1
+                    self.stopped_because = (f"round {number}: every selected client reported that it cannot do "
+                                            f"its task; the first: {rnd.failures[0]}")
+                    log.warning("%s (%d of %d)", self.stopped_because, failures, MAX_ROUND_FAILURES)
+                    await asyncio.sleep(RETRY_SECONDS if failures < MAX_ROUND_FAILURES else 0)
+                    continue
                 if not rnd.committed:
                     log.warning("round %d attempt %d: no update before the deadline; selecting again", number,
                                 attempt)

@@ -13,6 +13,7 @@ import pytest
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.errors import ConflictError, PayloadError, RateLimitError, RoundStateError, SessionError
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.server import coordinator as round_loop
 from fedsqueeze.server.admission import (
     MAX_PLAN_CHARACTERS,
     check_client_plan,
@@ -266,3 +267,31 @@ def test_client_calls_hand_out_the_published_round_and_guard_its_tasks_without_a
         assert calls.clients.all()[0].told_finished
 
     asyncio.run(scenario())
+
+
+def test_a_round_whose_every_client_fails_its_task_is_retried_after_a_pause_then_stops_the_federation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(round_loop, "RETRY_SECONDS", 0.2)
+
+    async def scenario() -> tuple[round_loop.Coordinator, list[float]]:
+        config = ServerConfig(rounds=2, min_clients=2, round_timeout=60.0, poll_timeout=5.0, linger=0.0)
+        loop = round_loop.Coordinator(config, strategy(), SPEC, None, ByteMeter())
+        sessions = [loop.join(pb.JoinRequest(client_id=name)).session_id for name in ("alice", "bob")]
+        running = asyncio.create_task(loop.run())
+        handed_out: list[float] = []
+        while not running.done():   # a client that reports every task it gets as failed, and stays
+            for session in sessions:
+                task = await loop.next_task(session, 0.5)
+                if task.WhichOneof("kind") == "train":
+                    handed_out.append(asyncio.get_running_loop().time())
+                    loop.report_failure(session, task.train.task_id, "no GPU here")
+        await running
+        return loop, handed_out
+
+    loop, handed_out = asyncio.run(asyncio.wait_for(scenario(), 60))   # a loop that never stops fails here
+    assert not loop.history
+    assert loop.stopped_because == ("round 1: every selected client reported that it cannot do its task; "
+                                    "the first: alice: 'no GPU here'")
+    assert len(handed_out) == 2 * round_loop.MAX_ROUND_FAILURES   # three attempts of two tasks, then the stop
+    attempts = handed_out[::2]
+    assert all(later - earlier >= 0.2 for earlier, later in zip(attempts, attempts[1:]))   # paused, not spun
