@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--up-mbps", type=float, default=1.0)
     parser.add_argument("--down-mbps", type=float, default=10.0)
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.85])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.7, 0.85])
     parser.add_argument("--methods", default="fedavg,fedcompress,ae")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="ray_study")
