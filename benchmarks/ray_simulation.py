@@ -38,19 +38,24 @@ FLOWER_SIMULATION = ROOT / "benchmarks" / "flower" / "simulation.py"
 METHODS = {"fedavg": "fedavg", "fedcompress": "fedcompress", "ae": "ae"}
 
 
-def run_fedsqueeze(method: str, population: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    out = work / f"fedsqueeze-{method}-{population}"
+def simulate_on_ray(out: Path, *flags: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``fedsqueeze simulate --backend ray`` (Fashion-MNIST CNN, cpus=1 actors) with ``flags``; return its
+    ``simulation.json`` and ``report.json``."""
     command = [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--backend", "ray", "--out", str(out),
-               "--population", str(population), "--clients-per-round", str(args.per_round),
-               "--rounds", str(args.rounds), "--method", METHODS[method], "--data", "fashion-mnist",
-               "--model", "cnn", "--partition", "iid", "--epochs", "1", "--seed", str(args.seed),
-               "--client-resources", "cpus=1", "--log-level", "WARNING"]
-    started = time.monotonic()
+               "--data", "fashion-mnist", "--model", "cnn", "--client-resources", "cpus=1", "--log-level", "WARNING",
+               *flags]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"fedsqueeze {method} at {population}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-    figures = json.loads((out / "simulation.json").read_text())
-    report = json.loads((out / "report.json").read_text())
+        raise RuntimeError(f"{' '.join(flags)}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return json.loads((out / "simulation.json").read_text()), json.loads((out / "report.json").read_text())
+
+
+def run_fedsqueeze(method: str, population: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    started = time.monotonic()
+    figures, report = simulate_on_ray(
+        work / f"fedsqueeze-{method}-{population}", "--population", str(population), "--clients-per-round",
+        str(args.per_round), "--rounds", str(args.rounds), "--method", METHODS[method], "--partition", "iid",
+        "--epochs", "1", "--seed", str(args.seed))
     return {"system": "fedsqueeze", "method": method, "population": population,
             "clients_per_second": figures["clients_per_second"], "clients_trained": figures["clients_trained"],
             "round_seconds": figures["round_seconds"], "seconds": time.monotonic() - started,

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +30,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib import pyplot as plt  # noqa: E402
+from ray_simulation import simulate_on_ray  # noqa: E402  (this folder, as the script runs)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,20 +38,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def run(method: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """One method's simulation; returns its figures and per-round curve."""
-    out = work / method
-    profile = f"fixed(speed=1,up_mbps={args.up_mbps},down_mbps={args.down_mbps})"
-    command = [sys.executable, "-m", "fedsqueeze.apps", "simulate", "--backend", "ray", "--out", str(out),
-               "--population", str(args.population), "--clients-per-round", str(args.per_round),
-               "--rounds", str(args.rounds), "--method", method, "--data", "fashion-mnist", "--model", "cnn",
-               "--partition", f"dirichlet(alpha={args.alpha},by=client)", "--epochs", str(args.epochs),
-               "--seed", str(args.seed), "--client-resources", "cpus=1", "--device-profiles", profile,
-               "--log-level", "WARNING"]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode:
-        raise RuntimeError(f"{method}: {result.stdout[-2000:]}{result.stderr[-2000:]}")
-    figures = json.loads((out / "simulation.json").read_text())
-    report = json.loads((out / "report.json").read_text())
+    figures, report = simulate_on_ray(
+        work / method, "--population", str(args.population), "--clients-per-round", str(args.per_round),
+        "--rounds", str(args.rounds), "--method", method, "--partition", f"dirichlet(alpha={args.alpha},by=client)",
+        "--epochs", str(args.epochs), "--seed", str(args.seed), "--device-profiles",
+        f"fixed(speed=1,up_mbps={args.up_mbps},down_mbps={args.down_mbps})")
     curve = [{"round": r["round"], "accuracy": r["accuracy"], "simulated_seconds": r["simulated_seconds"]}
              for r in figures["rounds"]]
     return {"method": method, "final_accuracy": report["final_accuracy"],
