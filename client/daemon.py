@@ -1,8 +1,9 @@
 """The client daemon an edge device runs: join, pull tasks, train, stream updates, repeat.
 
 It dials out (devices sit behind NAT) and survives a server that is not up
-yet, restarts or drops calls: transient failures are retried with exponential
-backoff and jitter; an unknown session (the server restarted) means Join again.
+yet, restarts or drops calls (``fedsqueeze.federation_link``): transient
+failures are retried with exponential backoff and jitter; an unknown session
+(the server restarted) means Join again.
 ``stop()`` may be called from another thread: it cancels the call in flight
 and interrupts training between batches.
 
@@ -18,7 +19,6 @@ import copy
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from typing import NoReturn
@@ -27,32 +27,20 @@ import grpc
 import numpy as np
 import torch
 
-from fedsqueeze.backoff import Backoff
 from fedsqueeze.client.task_runner import TaskError, TaskRunner
 from fedsqueeze.client.trainers import Stopped, Trainer
 from fedsqueeze.config import ClientConfig
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.evaluation import evaluate
+from fedsqueeze.federation_link import POLL_WAIT_MS, FatalError, FederationLink
 from fedsqueeze.models import build_model, is_regression
 from fedsqueeze.tensors import float_state, model_spec
-from fedsqueeze.transport import open_channel
-from fedsqueeze.upload_turns import TurnTakingUpload
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.v1 import federation_pb2_grpc as pb_grpc
-from fedsqueeze.wire import EncodedModel, ExpectedTensor, accepted_chunk_bytes, expect_all, receive_model
+from fedsqueeze.wire import ExpectedTensor, expect_all, receive_model
 
 log = logging.getLogger(__name__)
 
-POLL_WAIT_MS = 20_000
-UNARY_TIMEOUT = 30.0
-SUBMIT_ATTEMPTS = 5
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED,
-             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN,
-             grpc.StatusCode.CANCELLED}
-
-
-class FatalError(Exception):
-    """The server refused this client for good (bad id, incompatible data): retrying cannot help."""
+__all__ = ["ClientDaemon", "FatalError", "POLL_WAIT_MS"]
 
 
 class ClientDaemon:
@@ -67,35 +55,26 @@ class ClientDaemon:
         self.capabilities = capabilities
         self.rounds_done = 0
         self.instance_id = secrets.token_hex(8)
-        self._stop = threading.Event()
-        self._inflight: grpc.Future | None = None
-        self._session: str | None = None
-        self._chunk_bytes = config.chunk_bytes   # lowered to what the server accepts when it joins
         self._model_spec: pb.ModelSpec | None = None
         self._model: torch.nn.Module | None = None
         self._runner: TaskRunner | None = None   # trains and encodes; rebuilt with the model
-        self._backoff = Backoff(cap=config.max_backoff)
-        self._channel = open_channel(config.server, config.insecure, config.root_certificates, config.token_file,
-                                     config.client_cert, config.client_key)
-        self._stub = pb_grpc.FederationStub(self._channel)
+        self._link = FederationLink(config.server, config.insecure, config.root_certificates, config.token_file,
+                                    config.client_cert, config.client_key, config.chunk_bytes, config.max_backoff)
 
     # ------------------------------------------------------------------ control
 
     def stop(self) -> None:
         """Ask the daemon to finish: cancels the call in flight; safe from any thread."""
-        self._stop.set()
-        inflight = self._inflight
-        if inflight is not None:
-            inflight.cancel()
+        self._link.stop()
 
     def run(self) -> int:
         """Loop until the federation finishes (0), ``stop()`` (0) or a fatal refusal (2)."""
         try:
-            while not self._stop.is_set():
+            while not self._link.stopping:
                 try:
-                    if self._session is None:
+                    if self._link.session is None:
                         self._join()
-                    task = self._poll()
+                    task = self._link.poll()
                     kind = task.WhichOneof("kind")
                     if kind == "finished":
                         log.info("federation finished (%s) after %d rounds here", task.finished.reason,
@@ -106,11 +85,11 @@ class ClientDaemon:
                         self._run_task(task.train)
                     elif kind == "evaluate":
                         self._run_evaluation(task.evaluate)
-                    self._backoff.reset()
+                    self._link.succeeded()
                 except grpc.RpcError as exc:
-                    if self._stop.is_set():
+                    if self._link.stopping:
                         break
-                    self._recover(exc)
+                    self._link.recover(exc)
                 except Stopped:
                     break
             log.info("stopping after %d rounds", self.rounds_done)
@@ -121,38 +100,16 @@ class ClientDaemon:
             self._leave(f"client error: {exc}")
             return 2
         finally:
-            self._channel.close()
+            self._link.close()
 
     # ------------------------------------------------------------------- calls
 
-    def _call(self, future: grpc.Future):  # type: ignore[no-untyped-def]
-        """Wait for a call while keeping it cancellable by ``stop()``."""
-        self._inflight = future
-        try:
-            if self._stop.is_set():
-                future.cancel()
-            return future.result()
-        except grpc.FutureCancelledError:
-            raise Stopped() from None
-        finally:
-            self._inflight = None
-
     def _join(self) -> None:
-        request = pb.JoinRequest(client_id=self.client_id, capabilities=self.capabilities,
-                                 uplink_codec=self.config.uplink or "", downlink_codec=self.config.downlink or "",
-                                 instance_id=self.instance_id)
-        try:
-            reply = self._call(self._stub.Join.future(request, timeout=UNARY_TIMEOUT))
-        except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED,
-                              grpc.StatusCode.UNAUTHENTICATED):
-                raise FatalError(f"the server refused to let {self.client_id} join: {exc.details()}") from None
-            raise
-        self._session = reply.session_id
-        self._chunk_bytes = accepted_chunk_bytes(self.config.chunk_bytes, reply)
+        reply = self._link.join(pb.JoinRequest(
+            client_id=self.client_id, capabilities=self.capabilities, uplink_codec=self.config.uplink or "",
+            downlink_codec=self.config.downlink or "", instance_id=self.instance_id))
         if reply.model != self._model_spec:
             self._set_model(reply.model)
-        log.info("joined %s as %s", self.config.server, self.client_id)
 
     def _set_model(self, spec: pb.ModelSpec) -> None:
         try:
@@ -178,28 +135,13 @@ class ClientDaemon:
         except TaskError as exc:
             self._fail(task, str(exc))
 
-    def _poll(self) -> pb.Task:
-        request = pb.GetTaskRequest(session_id=self._session, wait_ms=POLL_WAIT_MS)
-        task = self._call(self._stub.GetTask.future(request, timeout=POLL_WAIT_MS / 1000 + UNARY_TIMEOUT))
-        return task
-
     def _download(self, task_id: str, expected: dict[str, ExpectedTensor]) -> dict[str, np.ndarray]:
-        request = pb.DownloadRequest(session_id=self._session, task_id=task_id)
-        stream = self._stub.DownloadModel(request)
-        self._inflight = stream
-        try:
-            return receive_model(stream, expected)
-        finally:
-            self._inflight = None
+        return receive_model(self._link.download(task_id), expected)
 
     def _fail(self, task: pb.TrainTask | pb.EvaluateTask | None, reason: str) -> NoReturn:
         """Tell the server this client cannot do ``task`` (or any task), then stop for good (FatalError)."""
         reason = " ".join(reason.split())[:500]   # one line
-        request = pb.FailureReport(session_id=self._session, task_id=task.task_id if task else "", reason=reason)
-        try:
-            self._stub.ReportFailure(request, timeout=UNARY_TIMEOUT)
-        except grpc.RpcError as exc:
-            log.warning("could not report the failure to the server (%s: %s)", exc.code().name, exc.details())
+        self._link.report_failure(task.task_id if task else "", reason)
         raise FatalError(reason)
 
     def _run_task(self, task: pb.TrainTask) -> None:
@@ -211,13 +153,14 @@ class ClientDaemon:
             download_seconds = time.monotonic() - started
             hyperparameters = self._hyperparameters(task.hyperparameters)
             log.info("round %d: downloaded the model in %.1f s; training", task.round, download_seconds)
-            result = self._runner.run(task, downloaded, hyperparameters, self._stop.is_set)
+            result = self._runner.run(task, downloaded, hyperparameters, lambda: self._link.stopping)
         except (grpc.RpcError, Stopped):
             raise
         except Exception as exc:   # the task cannot be done here: say so rather than leave the round waiting
             self._fail(task, f"round {task.round}: {task.method} task failed: {type(exc).__name__}: {exc}")
         uploading = time.monotonic()
-        self._submit(task, result.update, result.num_examples, result.metrics)
+        self._link.submit(pb.UpdateHeader(task_id=task.task_id, round=task.round, num_examples=result.num_examples,
+                                          metrics=result.metrics), result.update)
         self.rounds_done += 1
         log.info("round %d: trained on %d examples (loss %.4f), sent %d payload bytes; download %.1f s, "
                  "training %.1f s, encoding %.1f s, upload %.1f s", task.round, result.num_examples,
@@ -241,9 +184,8 @@ class ClientDaemon:
         except Exception as exc:   # cannot evaluate here: say so rather than leave the evaluation waiting
             self._fail(task, f"round {task.round}: evaluation failed: {type(exc).__name__}: {exc}")
         metrics = {"loss": loss} if self._held_out.regression else {"accuracy": accuracy, "loss": loss}
-        report = pb.EvaluationReport(session_id=self._session, task_id=task.task_id, round=task.round,
-                                     num_examples=len(self._held_out), metrics=metrics)
-        self._call(self._stub.SubmitEvaluation.future(report, timeout=UNARY_TIMEOUT))
+        self._link.submit_evaluation(pb.EvaluationReport(task_id=task.task_id, round=task.round,
+                                                         num_examples=len(self._held_out), metrics=metrics))
         log.info("round %d: evaluated the global model on %d held-out examples: accuracy %.4f, loss %.4f",
                  task.round, len(self._held_out), accuracy, loss)
 
@@ -259,49 +201,5 @@ class ClientDaemon:
             chosen.learning_rate = self.config.lr
         return chosen
 
-    def _upload(self, task: pb.TrainTask, update: EncodedModel, num_examples: int,
-                metrics: dict[str, float]) -> TurnTakingUpload[pb.UpdateMessage]:
-        header = pb.UpdateMessage(header=pb.UpdateHeader(session_id=self._session, task_id=task.task_id,
-                                                         round=task.round, num_examples=num_examples, metrics=metrics))
-        return TurnTakingUpload(header, (pb.UpdateMessage(chunk=c) for c in update.chunks(self._chunk_bytes)))
-
-    def _submit(self, task: pb.TrainTask, update: EncodedModel, num_examples: int, metrics: dict[str, float]) -> None:
-        """Stream the update; retry transient failures, since the training it holds is costly to redo."""
-        for attempt in range(1, SUBMIT_ATTEMPTS + 1):
-            upload = self._upload(task, update, num_examples, metrics)
-            try:
-                self._call(upload.start(self._stub.SubmitUpdate))
-                return
-            except grpc.RpcError as exc:
-                if exc.code() not in TRANSIENT or attempt == SUBMIT_ATTEMPTS or self._stop.is_set():
-                    raise
-                delay = self._backoff.next_delay()
-                log.warning("upload of round %d failed (%s: %s); retry %d in %.1f s", task.round,
-                            exc.code().name, exc.details(), attempt, delay)
-                if self._stop.wait(delay):
-                    raise Stopped() from None
-
     def _leave(self, reason: str) -> None:
-        if self._session is None:
-            return
-        try:
-            self._stub.Leave(pb.LeaveRequest(session_id=self._session, reason=reason), timeout=2.0)
-        except grpc.RpcError:
-            pass  # best effort: the server also forgets silent clients
-        self._session = None
-
-    def _recover(self, exc: grpc.RpcError) -> None:
-        """Decide what a failed call means and wait accordingly."""
-        code, details = exc.code(), exc.details()
-        if code == grpc.StatusCode.UNAUTHENTICATED:
-            log.info("session no longer valid (%s); joining again", details)
-            self._session = None
-        elif code == grpc.StatusCode.FAILED_PRECONDITION:
-            log.info("the round moved on: %s", details)
-        elif code == grpc.StatusCode.INVALID_ARGUMENT:
-            log.error("the server refused our data: %s", details)
-        else:
-            delay = self._backoff.next_delay()
-            log.warning("server %s unreachable or failing (%s: %s); retry %d in %.1f s", self.config.server,
-                        code.name, details, self._backoff.attempts, delay)
-            self._stop.wait(delay)
+        self._link.leave(reason)

@@ -31,16 +31,13 @@ from torch import nn
 
 from fedsqueeze.config import BUILTIN_LOOPS, OPTIMIZERS
 from fedsqueeze.data.datasets import Dataset
+from fedsqueeze.errors import Stopped
 from fedsqueeze.evaluation import task_loss
 from fedsqueeze.plugins import resolve
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.v1 import federation_pb2 as pb
 
 MAX_LOOP_METRICS = 32
-
-
-class Stopped(Exception):
-    """Training was interrupted because the daemon is shutting down."""
 
 
 def round_generator(seed: int, round_number: int) -> torch.Generator:

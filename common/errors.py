@@ -48,3 +48,11 @@ class ConflictError(FedsqueezeError):
 
 class StallError(FedsqueezeError):
     """An upload stopped making progress: it lost its turn and its task (DEADLINE_EXCEEDED)."""
+
+
+class UnsupportedError(FedsqueezeError):
+    """The federation's method cannot serve the caller the way it asks (e.g. through an edge aggregator)."""
+
+
+class Stopped(Exception):
+    """A participant was asked to stop while a call, a wait or its training was in progress."""
