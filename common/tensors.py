@@ -18,6 +18,7 @@ DTYPES: dict[str, tuple[int, np.dtype | None]] = {
     "float16": (pb.FLOAT16, np.dtype(np.float16)),
     "bfloat16": (pb.BFLOAT16, None),
     "float64": (pb.FLOAT64, np.dtype(np.float64)),
+    "int64": (pb.INT64, np.dtype(np.int64)),   # exact partial sums (fedsqueeze.server.partial_sums) only
 }
 DTYPE_BY_WIRE = {wire: name for name, (wire, _) in DTYPES.items()}
 

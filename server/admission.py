@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+
 from fedsqueeze.codecs import CodecError, get_plan
 from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
 from fedsqueeze.server.clients import ClientInfo
@@ -98,6 +100,8 @@ def check_client_plan(direction: str, text: str, specs: Mapping[str, TensorSpec]
         plan = get_plan(text)
         if any(stage.codec_id == "latent" for p in plan.pipelines() for stage in p.array_stages):
             raise CodecError("latent stages are assigned by the server's method, not chosen by clients")
+        if any(p.dtype != np.float32 for p in plan.pipelines()):
+            raise CodecError("fixed64 carries edge aggregators' partial sums, not model tensors")
         plan.check(specs)
     except (CodecError, ValueError) as exc:
         raise PayloadError(f"{direction} codec plan {shown(text)} refused: {shown(str(exc))}") from None

@@ -16,7 +16,7 @@ import torch
 
 FRACTION_BITS = 36                  # w * x is summed as a whole multiple of 2^-36
 _SCALE = float(2 ** FRACTION_BITS)
-_LIMIT = 2.0 ** 62                   # largest |sum| in scaled units: headroom below int64's 2^63
+LIMIT = 2.0 ** 62                    # largest |sum| in scaled units: headroom below int64's 2^63
 
 
 class WeightedSum:
@@ -35,6 +35,13 @@ class WeightedSum:
         self.weight = 0.0
         self.count = 0
         self.bound = 0.0   # at least the largest |sum of w * x| of any element so far (what overflow checks)
+
+    @classmethod
+    def of(cls, sums: dict[str, torch.Tensor], weight: float, count: int, bound: float) -> WeightedSum:
+        """An accumulator holding given state: int64 ``sums`` (units of 2^-FRACTION_BITS), as another sent it."""
+        accumulator = cls()
+        accumulator.sums, accumulator.weight, accumulator.count, accumulator.bound = sums, weight, count, bound
+        return accumulator
 
     def add(self, tensors: Mapping[str, np.ndarray | torch.Tensor], weight: float) -> None:
         if self.sums and set(tensors) != set(self.sums):
@@ -61,9 +68,9 @@ class WeightedSum:
                 raise ValueError(f"tensor {name!r} holds a non-finite value")
             largest = max(largest, peak)
             scaled[name] = torch.round(product * _SCALE).to(torch.int64)
-        if (self.bound + largest) * _SCALE >= _LIMIT:
+        if (self.bound + largest) * _SCALE >= LIMIT:
             raise ValueError(f"this update (|w * x| up to {largest:.3g}) could overflow the exact sum: the sum of "
-                             f"|w * x| per element must stay below {_LIMIT / _SCALE:.3g}")
+                             f"|w * x| per element must stay below {LIMIT / _SCALE:.3g}")
         return scaled, largest
 
     def settle(self, largest: float, weight: float) -> None:
@@ -82,7 +89,7 @@ class WeightedSum:
             return
         if self.sums and set(other.sums) != set(self.sums):
             raise ValueError("cannot merge accumulators over different tensors")
-        if (self.bound + other.bound) * _SCALE >= _LIMIT:
+        if (self.bound + other.bound) * _SCALE >= LIMIT:
             raise ValueError("merging these sums could overflow the exact sum")
         for name, value in other.sums.items():
             if name in self.sums:

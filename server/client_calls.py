@@ -34,15 +34,17 @@ import numpy as np
 from torch import nn
 
 from fedsqueeze.config import ServerConfig
-from fedsqueeze.errors import PayloadError, RateLimitError, RoundStateError
+from fedsqueeze.errors import PayloadError, RateLimitError, RoundStateError, UnsupportedError
 from fedsqueeze.resources import usable_cores
 from fedsqueeze.server.admission import check_client_plan, check_evaluation_report, check_update_header, open_task
+from fedsqueeze.server.aggregation import WeightedSum
 from fedsqueeze.server.checkpoint import CheckpointStore
 from fedsqueeze.server.clients import ClientInfo, ClientRegistry
 from fedsqueeze.server.metering import ByteMeter, Traffic
 from fedsqueeze.server.norm_policy import NormPolicy
 from fedsqueeze.server.observability import ServerMetrics
 from fedsqueeze.server.operator_view import federation_status
+from fedsqueeze.server.partial_sums import accept_partial
 from fedsqueeze.server.records import RunRecords
 from fedsqueeze.server.rounds import OUTSTANDING, Assignment, Download, OpenRound, Upload
 from fedsqueeze.server.strategies import ClientUpdate, Strategy
@@ -70,6 +72,8 @@ class ClientCalls:
         self.meter = meter
         self.records = RunRecords(config, meter, store)
         self.norm_policy = NormPolicy(config.max_update_norm, config.norm_action)
+        self.quorum = config.quorum               # share of a round's tasks whose updates close it
+        self.max_examples = config.max_examples   # the largest weight of one client's update
         self.clients = ClientRegistry(config.client_timeout, config.max_clients, config.joins_per_minute,
                                       config.max_client_plans)
         self.phase = pb.WAITING_FOR_CLIENTS
@@ -127,13 +131,25 @@ class ClientCalls:
 
     def join(self, request: pb.JoinRequest) -> pb.JoinReply:
         client_id, capabilities = request.client_id, request.capabilities
+        if request.edge:
+            self._check_edge(client_id)
         uplink = self._client_plan("uplink", request.uplink_codec)
         downlink = self._client_plan("downlink", request.downlink_codec)
-        info = self.clients.join(client_id, capabilities, uplink, downlink, request.instance_id)
-        log.info("client %s joined (%d cores, %.0f samples/s, budget %.2f)", client_id, capabilities.cpu_cores,
-                 capabilities.train_samples_per_second, capabilities.compute_budget or 1.0)
+        info = self.clients.join(client_id, capabilities, uplink, downlink, request.instance_id, request.edge)
+        if info.edge:
+            log.info("edge aggregator %s joined", client_id)
+        else:
+            log.info("client %s joined (%d cores, %.0f samples/s, budget %.2f)", client_id, capabilities.cpu_cores,
+                     capabilities.train_samples_per_second, capabilities.compute_budget or 1.0)
         self._notify()
         return pb.JoinReply(session_id=info.session_id, model=self.model_spec, max_chunk_bytes=self.config.chunk_bytes)
+
+    def _check_edge(self, client_id: str) -> None:
+        """UnsupportedError unless this server's method can take partial sums from edge aggregators."""
+        if not self.strategy.relays_through_edges:
+            raise UnsupportedError(f"method {self.strategy.name!r} cannot run through edge aggregators (it plans "
+                                   f"or folds each client's update itself); join {client_id}'s clients to the "
+                                   "root directly, or run a method that relays, e.g. fedavg or fedcompress")
 
     def _client_plan(self, direction: str, text: str) -> str:
         """A client's codec plan once checked (``admission.check_client_plan``); "" for none or with
@@ -212,9 +228,7 @@ class ClientCalls:
             if not client.told_finished:
                 client.told_finished = True
                 self._notify()   # the linger may be waiting for this
-            reason = f"the server stopped the federation: {self.stopped_because}" if self.stopped_because else \
-                f"all {self.config.rounds} rounds done"
-            return pb.Task(finished=pb.Finished(reason=reason[:500]))
+            return pb.Task(finished=pb.Finished(reason=self._finished_reason()[:500]))
         rnd = self.current
         if rnd is None or not rnd.is_open:
             return None
@@ -226,13 +240,31 @@ class ClientCalls:
             return pb.Task(evaluate=pb.EvaluateTask(
                 round=rnd.number, task_id=assignment.task_id, downlink_codec=plan.downlink_codec,
                 model_payload_size=rnd.downlinks[plan.profile].payload_size))
-        return pb.Task(train=pb.TrainTask(
+        task = self._train_task(rnd, assignment)
+        if client.edge:
+            task.edge.CopyFrom(pb.EdgeRound(
+                deadline_seconds=max(rnd.deadline - asyncio.get_running_loop().time(), 0.0), quorum=self.quorum,
+                fraction=self.config.fraction, sends_delta=plan.sends_delta,
+                max_update_norm=self.norm_policy.bound, norm_action=self.norm_policy.action,
+                max_examples=self.max_examples))
+        return pb.Task(train=task)
+
+    def _finished_reason(self) -> str:
+        """What clients are told when the federation is over."""
+        if self.stopped_because:
+            return f"the server stopped the federation: {self.stopped_because}"
+        return f"all {self.config.rounds} rounds done"
+
+    def _train_task(self, rnd: OpenRound, assignment: Assignment) -> pb.TrainTask:
+        """The train task of an assignment: its plan, the method and its parameters, the training loop."""
+        plan = assignment.plan
+        return pb.TrainTask(
             round=rnd.number, task_id=assignment.task_id, method=self._method_name, trainer=self.config.trainer,
             method_config_json=json.dumps({**plan.method_config, "params": self._method_params}),
             hyperparameters=plan.hyperparameters,
             uplink_codec=plan.uplink_codec, downlink_codec=plan.downlink_codec,
             model_payload_size=rnd.downlinks[plan.profile].payload_size,
-            error_feedback=self.config.error_feedback and plan.error_feedback))
+            error_feedback=self.config.error_feedback and plan.error_feedback)
 
     def begin_download(self, session_id: str, task_id: str) -> Download:
         """Check a download request; the caller must ``end_download`` it whatever happens."""
@@ -252,7 +284,8 @@ class ClientCalls:
         if not completed or assignment.downloaded or rnd is not self.current or not rnd.is_open:
             return
         assignment.downloaded = True
-        rnd.dense_down += self._model_float32_bytes
+        if not download.client.edge:   # an edge's download is a hop of its clients' ones, which it counts itself
+            rnd.dense_down += self._model_float32_bytes
         if not rnd.evaluation:
             self._strategy_thread.submit(self.strategy.downloaded, assignment.plan, download.model.payload_size)
 
@@ -262,6 +295,9 @@ class ClientCalls:
         rnd = self.current
         assignment = open_task(rnd, header.task_id, client)
         check_update_header(header, rnd, assignment)
+        if header.HasField("partial") != client.edge:
+            raise PayloadError("an edge aggregator's update must carry its PartialSum" if client.edge else
+                               "only edge aggregators send partial sums")
         rnd.move(assignment, "uploading")
         return Upload(rnd, assignment, client, header)
 
@@ -274,13 +310,15 @@ class ClientCalls:
         update had been refused (``accumulate`` must raise before it changes the sum, as the built-in ones do).
         The weight is the claimed example count capped at ``--max-examples``.
         """
+        if upload.client.edge:
+            return await self._commit_partial(upload, encoded)
         rnd, assignment, header = upload.round, upload.assignment, upload.header
         loop = asyncio.get_running_loop()
         tensors = await loop.run_in_executor(self._decoding, self._decode_bounded, assignment, encoded)
         if rnd is not self.current or not rnd.is_open:
             raise RoundStateError(f"round {rnd.number} closed while the update was in flight")
         sizes = {t.spec.name: len(t.payload) for t in encoded}
-        weight = min(header.num_examples, self.config.max_examples)
+        weight = min(header.num_examples, self.max_examples)
         if weight < header.num_examples:
             log.info("round %d: %s claims %d examples; weighted as %d (--max-examples)", rnd.number,
                      upload.client.client_id, header.num_examples, weight)
@@ -304,13 +342,45 @@ class ClientCalls:
         self._notify()
         return pb.SubmitReply(round=rnd.number)
 
+    async def _commit_partial(self, upload: Upload, encoded: list[EncodedTensor]) -> pb.SubmitReply:
+        """Check an edge aggregator's partial sum and merge it into its round, as ``commit`` folds an update.
+
+        The edge applied this server's policies (norm bound, example cap) to each of its clients' updates; the
+        sum itself is checked (``partial_sums.accept_partial``) before the strategy merges it.
+        """
+        rnd, assignment, header = upload.round, upload.assignment, upload.header
+        loop = asyncio.get_running_loop()
+        partial = await loop.run_in_executor(self._decoding, self._decode_partial, assignment, encoded, header)
+        if rnd is not self.current or not rnd.is_open:
+            raise RoundStateError(f"round {rnd.number} closed while the partial sum was in flight")
+        try:
+            await loop.run_in_executor(self._strategy_thread, self.strategy.merge_partial, rnd.accumulator, partial)
+        except ValueError as exc:
+            raise PayloadError(f"the partial sum cannot be merged: {exc}") from None
+        rnd.move(assignment, "committed")
+        rnd.add_partial(header.partial)
+        upload.client.updates_committed += 1
+        self.metrics.updates.inc(partial.count)
+        rnd.dense_up += partial.count * self._model_float32_bytes
+        rnd.add_metrics(dict(header.metrics), partial.weight)
+        log.info("round %d: partial sum %d/%d from edge %s (%d updates, %d examples)", rnd.number, rnd.committed,
+                 len(rnd.assignments), upload.client.client_id, partial.count, header.num_examples)
+        self._close_if_settled(rnd)
+        self._notify()
+        return pb.SubmitReply(round=rnd.number)
+
+    def _decode_partial(self, assignment: Assignment, encoded: list[EncodedTensor],
+                        header: pb.UpdateHeader) -> WeightedSum:
+        tensors = {t.spec.name: decode_tensor(t, assignment.expected[t.spec.name]) for t in encoded}
+        return accept_partial(header, tensors, self.max_examples)
+
     def _decode_bounded(self, assignment: Assignment, encoded: list[EncodedTensor]) -> dict[str, np.ndarray]:
         """The update's tensors, decoded (non-finite values refused) and norm-bounded; reads no mutable state."""
         tensors = {t.spec.name: decode_tensor(t, assignment.expected[t.spec.name]) for t in encoded}
         return self.norm_policy.apply(assignment.plan.sends_delta, tensors)
 
     def _close_if_settled(self, rnd: OpenRound) -> None:
-        if rnd.settled(self.config.quorum):
+        if rnd.settled(self.quorum):
             rnd.closed.set()
 
     # ------------------------------------------------------------ operator view

@@ -27,6 +27,7 @@ class ClientInfo:
     uplink_codec: str = ""     # codec plans the client asked for ("" for none), canonical and checked
     downlink_codec: str = ""
     instance_id: str = ""      # changes when the client daemon restarts
+    edge: bool = False         # an edge aggregator: its updates are its own clients' partial sums
 
 
 class ClientRegistry:
@@ -63,7 +64,7 @@ class ClientRegistry:
         recent.append(now)
 
     def join(self, client_id: str, capabilities: pb.Capabilities, uplink: str = "", downlink: str = "",
-             instance_id: str = "") -> ClientInfo:
+             instance_id: str = "", edge: bool = False) -> ClientInfo:
         """Admit a client; ``uplink``/``downlink`` are plans the caller already checked, canonical."""
         if not _CLIENT_ID_RE.match(client_id):
             raise PayloadError(f"client_id {client_id[:64]!r} must be 1-128 characters of "
@@ -82,7 +83,7 @@ class ClientRegistry:
         if old is not None:
             self._by_session.pop(old.session_id, None)
         info = ClientInfo(client_id, capabilities, secrets.token_urlsafe(18), uplink_codec=uplink,
-                          downlink_codec=downlink, instance_id=instance_id[:64])
+                          downlink_codec=downlink, instance_id=instance_id[:64], edge=edge)
         if old is not None:
             info.updates_committed = old.updates_committed
         self._by_id[client_id] = info

@@ -8,7 +8,9 @@ evaluate -> record -> checkpoint (with a state directory). A server without
 data evaluates through its clients (federated evaluation): after aggregating
 it opens an evaluation round on the same machinery (select, encode the new
 model once, hand out evaluate tasks, collect ``SubmitEvaluation`` reports,
-close at quorum or deadline) and records the example-weighted mean. A round
+close at quorum or deadline) and records the example-weighted mean. Edge
+aggregators take part in every round (each selects among its own clients,
+with the server's ``--fraction``) and answer with partial sums. A round
 attempt that gets no update by its deadline is planned again with a fresh
 selection; one that cannot be prepared or closed is logged and tried again
 with the global model as it was. Started on a state directory that holds a
@@ -36,6 +38,7 @@ from typing import Any
 from fedsqueeze.codecs import CodecError
 from fedsqueeze.server.client_calls import ClientCalls
 from fedsqueeze.server.clients import ClientInfo
+from fedsqueeze.server.partial_sums import expected_partial
 from fedsqueeze.server.records import finite_metrics
 from fedsqueeze.server.rounds import Assignment, Download, OpenRound, Upload
 from fedsqueeze.server.strategies import ClientPlan
@@ -130,8 +133,10 @@ class Coordinator(ClientCalls):
         loop = asyncio.get_running_loop()
         started = loop.time()   # the round's clock includes encoding its downloads
         available = self.clients.available()
-        count = min(len(available), self._cohort_size(len(available)))
-        selected = self._rng.sample(available, count)
+        edges = [c for c in available if c.edge]   # every edge takes part; it selects among its own clients
+        direct = [c for c in available if not c.edge]
+        count = min(len(direct), self._cohort_size(len(direct)))
+        selected = edges + self._rng.sample(direct, count)
         plans, downlinks, expected, accumulator = await loop.run_in_executor(
             self._strategy_thread, self._plan_round, number, selected)
         assignments = {client_id: Assignment(client_id, secrets.token_urlsafe(12), plan, expected[client_id])
@@ -141,8 +146,8 @@ class Coordinator(ClientCalls):
         self._publish(rnd, pb.TRAINING)
         names = sorted(plans)
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        log.info("round %d%s: %d of %d clients selected: %s", number, f" (attempt {attempt})" if attempt > 1 else "",
-                 count, len(available), shown)
+        log.info("round %d%s: %d of %d clients selected%s: %s", number, f" (attempt {attempt})" if attempt > 1 else "",
+                 count, len(direct), f", and {len(edges)} edge aggregators" if edges else "", shown)
         return rnd
 
     def _cohort_size(self, available: int) -> int:
@@ -180,7 +185,9 @@ class Coordinator(ClientCalls):
         plans = {client_id: plan for client_id, plan in plans.items() if plan.profile in downlinks}
         if not plans:
             raise RuntimeError(f"round {number}: no selected client's download could be encoded")
-        expected_updates = {client_id: self.strategy.expected_update(plan) for client_id, plan in plans.items()}
+        edges = {client.client_id for client in selected if client.edge}
+        expected_updates = {client_id: expected_partial(self.strategy.specs) if client_id in edges else
+                            self.strategy.expected_update(plan) for client_id, plan in plans.items()}
         return plans, downlinks, expected_updates, self.strategy.new_accumulator()
 
     async def _wait_until_closed(self, rnd: OpenRound) -> None:
@@ -243,7 +250,7 @@ class Coordinator(ClientCalls):
         await self._wait_for_clients()
         loop = asyncio.get_running_loop()
         started = loop.time()
-        available = self.clients.available()
+        available = [c for c in self.clients.available() if not c.edge]   # edges do not evaluate
         count = min(len(available), max(1, math.ceil(self.config.fraction_evaluate * len(available))))
         selected = self._rng.sample(available, count)
         tensors, codec = await loop.run_in_executor(self._strategy_thread, self.strategy.evaluation_model)

@@ -45,5 +45,7 @@ def build_report(method: str, config: dict[str, Any], rounds: list[pb.RoundMetri
         "bytes_down": bytes_down,
         "dense_bytes_up": sum(r.dense_bytes_up for r in rounds),
         "dense_bytes_down": sum(r.dense_bytes_down for r in rounds),
+        "edge_bytes_up": sum(r.edge_bytes_up for r in rounds),      # edges and their clients, as edges counted
+        "edge_bytes_down": sum(r.edge_bytes_down for r in rounds),
         "rounds": [metrics_dict(r) for r in rounds],
     }

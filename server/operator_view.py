@@ -22,7 +22,8 @@ def federation_status(phase: pb.FederationState, current: OpenRound | None, tota
         method=method,
         connected_clients=len(clients.available()),
         clients=[pb.ClientStatus(client_id=c.client_id, capabilities=c.capabilities,
-                                 seconds_since_seen=now - c.last_seen, updates_committed=c.updates_committed)
+                                 seconds_since_seen=now - c.last_seen, updates_committed=c.updates_committed,
+                                 edge=c.edge)
                  for c in clients.all()],
         bytes_up=traffic.up,
         bytes_down=traffic.down,

@@ -75,12 +75,17 @@ class RunRecords:
         metrics.update(strategy_metrics)
         if dropped + dropped_too:
             metrics["non_finite_metrics_dropped"] = float(dropped + dropped_too)
+        below = rnd.below_edges   # an edge's task counts as its clients' tasks
         record = pb.RoundMetrics(round=rnd.number, accuracy=accuracy, loss=loss, bytes_up=spent.up,
-                                 bytes_down=spent.down, seconds=seconds, selected=len(rnd.assignments),
-                                 updates=rnd.committed, dense_bytes_up=rnd.dense_up,
-                                 dense_bytes_down=rnd.dense_down + (evaluation.dense_down if evaluation else 0),
-                                 metrics=metrics, failed=rnd.by_status["failed"],
-                                 evaluated=evaluation.committed if evaluation else 0)
+                                 bytes_down=spent.down, seconds=seconds,
+                                 selected=len(rnd.assignments) - below["edges"] + below["selected"],
+                                 updates=rnd.committed - below["edges"] + below["updates"],
+                                 dense_bytes_up=rnd.dense_up,
+                                 dense_bytes_down=rnd.dense_down + below["dense_down"] +
+                                 (evaluation.dense_down if evaluation else 0),
+                                 metrics=metrics, failed=rnd.by_status["failed"] + below["failed"],
+                                 evaluated=evaluation.committed if evaluation else 0, edges=below["edges"],
+                                 edge_bytes_up=below["bytes_up"], edge_bytes_down=below["bytes_down"])
         return record, traffic
 
     def checkpoint(self, record: pb.RoundMetrics, strategy: Strategy) -> None:

@@ -53,6 +53,7 @@ class OpenRound:
     metric_weight: float = 0.0
     failures: list[str] = field(default_factory=list)   # why each dropped task failed, bounded text
     evaluation: bool = False   # an evaluation round: evaluate tasks, answered with SubmitEvaluation
+    below_edges: Counter[str] = field(default_factory=Counter)   # what merged partial sums say of their clients
     by_task: dict[str, Assignment] = field(init=False)
     by_status: Counter[str] = field(init=False)
 
@@ -79,6 +80,12 @@ class OpenRound:
     def means(self) -> dict[str, float]:
         """Every reported metric's example-weighted mean."""
         return {key: self.mean(key) for key in self.metric_sums}
+
+    def add_partial(self, partial: pb.PartialSum) -> None:
+        """Count what an edge's merged partial sum says of its own clients' tasks and traffic."""
+        self.below_edges.update(edges=1, updates=partial.count, selected=partial.selected, failed=partial.failed,
+                                bytes_up=partial.bytes_up, bytes_down=partial.bytes_down,
+                                dense_down=partial.dense_bytes_down)
 
     def settled(self, quorum: float) -> bool:
         """Enough updates committed (``quorum`` of the tasks, at least one), or none still outstanding."""

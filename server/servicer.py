@@ -38,6 +38,7 @@ from fedsqueeze.errors import (
     RoundStateError,
     SessionError,
     StallError,
+    UnsupportedError,
 )
 from fedsqueeze.server.coordinator import Coordinator, Upload
 from fedsqueeze.server.decoding import Malformed, UndecodableLog
@@ -59,6 +60,7 @@ STATUS_FOR: dict[type[FedsqueezeError], grpc.StatusCode] = {
     RateLimitError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ConflictError: grpc.StatusCode.ABORTED,
     StallError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnsupportedError: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 R = TypeVar("R")

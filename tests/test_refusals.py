@@ -44,9 +44,10 @@ RAW_FLOAT32 = ("--uplink", "dense", "--downlink", "dense")   # the prober writes
 class Prober:
     """A hand-driven client: join, take a task, download, send whatever it is told to."""
 
-    def __init__(self, channel: grpc.Channel, budget: float = 0.0, client_id: str = "prober") -> None:
+    def __init__(self, channel: grpc.Channel, budget: float = 0.0, client_id: str = "prober",
+                 edge: bool = False) -> None:
         self.stub = pb_grpc.FederationStub(channel)
-        reply = self.stub.Join(pb.JoinRequest(client_id=client_id, capabilities=pb.Capabilities(
+        reply = self.stub.Join(pb.JoinRequest(client_id=client_id, edge=edge, capabilities=pb.Capabilities(
             cpu_cores=1, compute_budget=budget)))
         self.session = reply.session_id
         self.specs = model_spec(float_state(build_model(reply.model)))

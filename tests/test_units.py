@@ -12,12 +12,19 @@ import pytest
 import torch
 
 from fedsqueeze.backoff import Backoff
+from fedsqueeze.codecs import CodecError, get_pipeline
 from fedsqueeze.config import ClientConfig, ServerConfig, add_arguments, resolve
 from fedsqueeze.data.idx import read_idx
 from fedsqueeze.data.partition import partition
+from fedsqueeze.errors import PayloadError
 from fedsqueeze.models import build_model, make_model_spec
+from fedsqueeze.server.admission import check_client_plan
 from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.partial_sums import accept_partial, encode_partial, expected_partial, partial_header
 from fedsqueeze.specs import SpecError, format_spec, parse_spec
+from fedsqueeze.tensors import TensorSpec
+from fedsqueeze.v1 import federation_pb2 as pb
+from fedsqueeze.wire import receive_model
 
 
 def test_spec_parsing_and_canonical_form() -> None:
@@ -168,6 +175,40 @@ def test_weighted_sum_refuses_what_could_overflow_or_is_not_finite_and_stays_unc
     with pytest.raises(ValueError, match="non-finite"):
         total.add({"w": np.array([1.0, np.inf, 0.0], np.float32)}, 1.0)
     assert torch.equal(total.sums["w"], before) and total.count == 1 and total.weight == 1000.0
+
+
+def test_partial_sums_cross_the_wire_exactly_and_merge_as_the_updates_would_add() -> None:
+    rng = np.random.default_rng(3)
+    specs = {"w": TensorSpec("w", (64, 3)), "b": TensorSpec("b", (3,))}
+    updates = [({n: (rng.normal(size=s.shape) * 10.0 ** rng.integers(-5, 2)).astype(np.float32)
+                 for n, s in specs.items()}, float(n)) for n in rng.integers(1, 900, size=9)]
+    one = WeightedSum()
+    for tensors, weight in updates:
+        one.add(tensors, weight)
+    edges = [WeightedSum(), WeightedSum()]
+    for i, (tensors, weight) in enumerate(updates):
+        edges[i % 2].add(tensors, weight)
+    root = WeightedSum()
+    for edge in edges:
+        weight, partial = partial_header(edge)
+        partial.selected = edge.count
+        header = pb.UpdateHeader(num_examples=weight, partial=partial)
+        expected = expected_partial(specs)
+        received = receive_model(encode_partial(edge, specs).chunks(1024), expected)   # what the root decodes
+        root.merge(accept_partial(header, received, max_examples=1000))
+    assert (root.count, root.weight) == (one.count, one.weight)
+    for name in specs:
+        assert torch.equal(root.sums[name], one.sums[name])
+    extremes = np.array([np.iinfo(np.int64).min, -1, 0, 1, np.iinfo(np.int64).max], np.int64)
+    for codec in ("fixed64", "fixed64(shuffle=true)|zstd"):
+        pipeline = get_pipeline(codec)
+        assert pipeline.lossless and pipeline.dtype == np.int64
+        np.testing.assert_array_equal(pipeline.decode(pipeline.encode(extremes), TensorSpec("x", (5,), "int64")),
+                                      extremes)
+    with pytest.raises(CodecError, match="no transform stage"):
+        get_pipeline("sparse(ratio=0.1)|fixed64")
+    with pytest.raises(PayloadError, match="partial sums, not model tensors"):
+        check_client_plan("uplink", "fixed64", specs)
 
 
 def test_backoff_doubles_to_the_cap_with_jitter() -> None:

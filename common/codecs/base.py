@@ -61,6 +61,7 @@ class ArrayStage(Stage):
 
     terminal: ClassVar[bool]
     closed_loop: ClassVar[bool] = False   # a transform that refines its section given the rest as received
+    input_dtype: ClassVar[np.dtype] = np.dtype(np.float32)   # what a terminal stage takes and gives back
 
     def refine(self, section: bytes, array: np.ndarray, received_rest: np.ndarray) -> bytes:
         """For closed-loop transforms: rewrite ``section`` knowing what the receiver will decode of the rest

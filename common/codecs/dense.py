@@ -1,4 +1,4 @@
-"""``dense``: every element, little-endian, as float32 (lossless), float16 or bfloat16.
+"""``dense``: every element, little-endian, as float32 (lossless), float16 or bfloat16; ``fixed64``: int64 sums.
 
 ``dense(shuffle=true)`` writes the values byte plane by byte plane (every
 value's first byte, then every second byte, ...), the shuffle filter of
@@ -75,6 +75,51 @@ class Dense(ArrayStage):
     def get_config(self) -> dict[str, Any]:
         """``shuffle`` only when on, so the canonical spec of plain ``dense`` stays what it always was."""
         config: dict[str, Any] = {"id": self.codec_id, "dtype": self.dtype}
+        if self.shuffle:
+            config["shuffle"] = True
+        return config
+
+
+@register_stage
+class Fixed64(ArrayStage):
+    """Every element of an int64 array, little-endian, optionally byte-shuffled: the exact fixed-point sums an
+    edge aggregator sends its root (``fedsqueeze.server.partial_sums``). Lossless; it takes and gives int64, so
+    it stands alone (no transforms before it) and is no codec for model weights or updates."""
+
+    codec_id = "fixed64"
+    terminal = True
+    input_dtype = np.dtype(np.int64)
+    _width = 8
+
+    def __init__(self, shuffle: bool = False) -> None:
+        if not isinstance(shuffle, bool):
+            raise CodecError(f"fixed64: shuffle must be true or false, not {shuffle!r}")
+        self.shuffle = shuffle
+
+    @property
+    def lossless(self) -> bool:
+        return True
+
+    def encode(self, array: np.ndarray) -> tuple[bytes, None]:
+        values = np.ascontiguousarray(array, dtype="<i8").reshape(-1)
+        if self.shuffle:
+            return np.ascontiguousarray(values.view(np.uint8).reshape(-1, self._width).T).tobytes(), None
+        return values.tobytes(), None
+
+    def decode(self, reader: Reader, spec: TensorSpec, decode_rest: DecodeRest) -> np.ndarray:
+        what = f"{spec.numel} int64 values"
+        if self.shuffle:
+            planes = reader.array("u1", spec.numel * self._width, what).reshape(self._width, spec.numel)
+            flat = np.ascontiguousarray(planes.T).view("<i8").reshape(-1)
+        else:
+            flat = reader.array("<i8", spec.numel, what)
+        return flat.astype(np.int64).reshape(spec.shape)
+
+    def max_section_size(self, spec: TensorSpec) -> int:
+        return spec.numel * self._width
+
+    def get_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"id": self.codec_id}
         if self.shuffle:
             config["shuffle"] = True
         return config

@@ -57,6 +57,9 @@ class Pipeline:
                 transforms.append(stage)  # type: ignore[arg-type]
         self.transforms = transforms
         self.terminal = terminal or Dense()
+        if self.terminal.input_dtype != np.float32 and transforms:
+            raise CodecError(f"{self.terminal.spec} takes {self.terminal.input_dtype} arrays: no transform stage "
+                             "may come before it")
         self.compressors = compressors
         self.array_stages: list[ArrayStage] = [*transforms, self.terminal]
         self.spec = "|".join(s.spec for s in [*self.array_stages, *compressors])
@@ -65,8 +68,13 @@ class Pipeline:
     def lossless(self) -> bool:
         return all(s.lossless for s in [*self.array_stages, *self.compressors])
 
+    @property
+    def dtype(self) -> np.dtype:
+        """What it encodes and decodes: float32 arrays, or int64 ones for a ``fixed64`` pipeline."""
+        return self.terminal.input_dtype
+
     def encode(self, array: np.ndarray) -> bytes:
-        array = np.asarray(array, dtype=np.float32)
+        array = np.asarray(array, dtype=self.dtype)
         if not np.isfinite(array).all():
             raise ValueError("cannot encode non-finite values")
         sections, inputs = [], []
@@ -98,7 +106,7 @@ class Pipeline:
         return data
 
     def decode(self, payload: bytes | memoryview, spec: TensorSpec) -> np.ndarray:
-        """A float32 array of ``spec.shape``, or CodecError naming the tensor."""
+        """An array of ``spec.shape`` (float32, or int64 for ``fixed64``), or CodecError naming the tensor."""
         try:
             data = payload
             bounds = self._byte_bounds(spec)

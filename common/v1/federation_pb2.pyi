@@ -14,6 +14,7 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT16: _ClassVar[DType]
     BFLOAT16: _ClassVar[DType]
     FLOAT64: _ClassVar[DType]
+    INT64: _ClassVar[DType]
 
 class FederationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,7 @@ FLOAT32: DType
 FLOAT16: DType
 BFLOAT16: DType
 FLOAT64: DType
+INT64: DType
 FEDERATION_STATE_UNSPECIFIED: FederationState
 WAITING_FOR_CLIENTS: FederationState
 TRAINING: FederationState
@@ -82,18 +84,20 @@ class Capabilities(_message.Message):
     def __init__(self, cpu_cores: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., train_samples_per_second: _Optional[float] = ..., compute_budget: _Optional[float] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("client_id", "capabilities", "uplink_codec", "downlink_codec", "instance_id")
+    __slots__ = ("client_id", "capabilities", "uplink_codec", "downlink_codec", "instance_id", "edge")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     UPLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
     DOWNLINK_CODEC_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     capabilities: Capabilities
     uplink_codec: str
     downlink_codec: str
     instance_id: str
-    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    edge: bool
+    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., instance_id: _Optional[str] = ..., edge: _Optional[bool] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
     __slots__ = ("name", "config_json")
@@ -136,7 +140,7 @@ class Hyperparameters(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ...) -> None: ...
 
 class TrainTask(_message.Message):
-    __slots__ = ("round", "task_id", "method", "method_config_json", "hyperparameters", "uplink_codec", "downlink_codec", "model_payload_size", "error_feedback", "trainer")
+    __slots__ = ("round", "task_id", "method", "method_config_json", "hyperparameters", "uplink_codec", "downlink_codec", "model_payload_size", "error_feedback", "trainer", "edge")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +151,7 @@ class TrainTask(_message.Message):
     MODEL_PAYLOAD_SIZE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     TRAINER_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
     round: int
     task_id: str
     method: str
@@ -157,7 +162,26 @@ class TrainTask(_message.Message):
     model_payload_size: int
     error_feedback: bool
     trainer: str
-    def __init__(self, round: _Optional[int] = ..., task_id: _Optional[str] = ..., method: _Optional[str] = ..., method_config_json: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., model_payload_size: _Optional[int] = ..., error_feedback: _Optional[bool] = ..., trainer: _Optional[str] = ...) -> None: ...
+    edge: EdgeRound
+    def __init__(self, round: _Optional[int] = ..., task_id: _Optional[str] = ..., method: _Optional[str] = ..., method_config_json: _Optional[str] = ..., hyperparameters: _Optional[_Union[Hyperparameters, _Mapping]] = ..., uplink_codec: _Optional[str] = ..., downlink_codec: _Optional[str] = ..., model_payload_size: _Optional[int] = ..., error_feedback: _Optional[bool] = ..., trainer: _Optional[str] = ..., edge: _Optional[_Union[EdgeRound, _Mapping]] = ...) -> None: ...
+
+class EdgeRound(_message.Message):
+    __slots__ = ("deadline_seconds", "quorum", "fraction", "sends_delta", "max_update_norm", "norm_action", "max_examples")
+    DEADLINE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUORUM_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_FIELD_NUMBER: _ClassVar[int]
+    SENDS_DELTA_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPDATE_NORM_FIELD_NUMBER: _ClassVar[int]
+    NORM_ACTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    deadline_seconds: float
+    quorum: float
+    fraction: float
+    sends_delta: bool
+    max_update_norm: float
+    norm_action: str
+    max_examples: int
+    def __init__(self, deadline_seconds: _Optional[float] = ..., quorum: _Optional[float] = ..., fraction: _Optional[float] = ..., sends_delta: _Optional[bool] = ..., max_update_norm: _Optional[float] = ..., norm_action: _Optional[str] = ..., max_examples: _Optional[int] = ...) -> None: ...
 
 class EvaluateTask(_message.Message):
     __slots__ = ("round", "task_id", "downlink_codec", "model_payload_size")
@@ -206,7 +230,7 @@ class DownloadRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("session_id", "task_id", "round", "num_examples", "metrics")
+    __slots__ = ("session_id", "task_id", "round", "num_examples", "metrics", "partial")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,12 +243,34 @@ class UpdateHeader(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     task_id: str
     round: int
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    partial: PartialSum
+    def __init__(self, session_id: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., partial: _Optional[_Union[PartialSum, _Mapping]] = ...) -> None: ...
+
+class PartialSum(_message.Message):
+    __slots__ = ("count", "bound", "fraction_bits", "selected", "failed", "bytes_up", "bytes_down", "dense_bytes_down")
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    BOUND_FIELD_NUMBER: _ClassVar[int]
+    FRACTION_BITS_FIELD_NUMBER: _ClassVar[int]
+    SELECTED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    DENSE_BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    bound: float
+    fraction_bits: int
+    selected: int
+    failed: int
+    bytes_up: int
+    bytes_down: int
+    dense_bytes_down: int
+    def __init__(self, count: _Optional[int] = ..., bound: _Optional[float] = ..., fraction_bits: _Optional[int] = ..., selected: _Optional[int] = ..., failed: _Optional[int] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "chunk")
@@ -296,19 +342,21 @@ class StatusRequest(_message.Message):
     def __init__(self, include_history: _Optional[bool] = ...) -> None: ...
 
 class ClientStatus(_message.Message):
-    __slots__ = ("client_id", "capabilities", "seconds_since_seen", "updates_committed")
+    __slots__ = ("client_id", "capabilities", "seconds_since_seen", "updates_committed", "edge")
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     SECONDS_SINCE_SEEN_FIELD_NUMBER: _ClassVar[int]
     UPDATES_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    EDGE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     capabilities: Capabilities
     seconds_since_seen: float
     updates_committed: int
-    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., seconds_since_seen: _Optional[float] = ..., updates_committed: _Optional[int] = ...) -> None: ...
+    edge: bool
+    def __init__(self, client_id: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., seconds_since_seen: _Optional[float] = ..., updates_committed: _Optional[int] = ..., edge: _Optional[bool] = ...) -> None: ...
 
 class RoundMetrics(_message.Message):
-    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics", "evaluated", "failed")
+    __slots__ = ("round", "accuracy", "loss", "bytes_up", "bytes_down", "seconds", "selected", "updates", "dense_bytes_up", "dense_bytes_down", "metrics", "evaluated", "failed", "edges", "edge_bytes_up", "edge_bytes_down")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +377,9 @@ class RoundMetrics(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EVALUATED_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
+    EDGES_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BYTES_UP_FIELD_NUMBER: _ClassVar[int]
+    EDGE_BYTES_DOWN_FIELD_NUMBER: _ClassVar[int]
     round: int
     accuracy: float
     loss: float
@@ -342,7 +393,10 @@ class RoundMetrics(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     evaluated: int
     failed: int
-    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., evaluated: _Optional[int] = ..., failed: _Optional[int] = ...) -> None: ...
+    edges: int
+    edge_bytes_up: int
+    edge_bytes_down: int
+    def __init__(self, round: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ..., bytes_up: _Optional[int] = ..., bytes_down: _Optional[int] = ..., seconds: _Optional[float] = ..., selected: _Optional[int] = ..., updates: _Optional[int] = ..., dense_bytes_up: _Optional[int] = ..., dense_bytes_down: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., evaluated: _Optional[int] = ..., failed: _Optional[int] = ..., edges: _Optional[int] = ..., edge_bytes_up: _Optional[int] = ..., edge_bytes_down: _Optional[int] = ...) -> None: ...
 
 class FederationStatus(_message.Message):
     __slots__ = ("state", "round", "total_rounds", "method", "connected_clients", "clients", "bytes_up", "bytes_down", "last_round", "history")

@@ -17,6 +17,13 @@ parameters), ``specs`` and ``settings`` are read elsewhere, and they do not chan
 
 Each strategy names its accumulator type (``Strategy[CoverageSum]``); an
 accumulator that adds fields to ``WeightedSum`` also merges them.
+
+Edge aggregators (``fedsqueeze edge``) run a method's rounds for clients of
+their own and send the root their exact partial sum. A strategy opts in with
+``relays_through_edges``: its plans must not depend on which client gets them
+(beyond the codec plans clients ask for), every client must send every float
+tensor of the model in its plan's uplink codec, and ``accumulate`` must be the
+plain weighted add. A root refuses edges (UNIMPLEMENTED at Join) for any other.
 """
 
 from __future__ import annotations
@@ -88,6 +95,7 @@ class Strategy(ABC, Generic[Sum]):
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = MethodParams   # the method's typed parameters, shared with its trainer
+    relays_through_edges: ClassVar[bool] = False   # edge aggregators may serve its clients (see the module doc)
 
     def __init__(self, model: nn.Module, settings: StrategySettings) -> None:
         self.params = self.Params.from_spec(settings.params)
@@ -140,6 +148,12 @@ class Strategy(ABC, Generic[Sum]):
         One update at a time in commit order, before the round's ``aggregate``. Must raise before it
         changes the sum, if at all: the coordinator then refuses the update and counts nothing of it."""
         accumulator.add(update.tensors, update.num_examples)
+
+    def merge_partial(self, accumulator: Sum, partial: WeightedSum) -> None:
+        """Fold an edge aggregator's verified partial sum into the round's (strategies that relay through edges).
+
+        Like ``accumulate``: in commit order, and raising before it changes the sum, if at all."""
+        accumulator.merge(partial)
 
     @abstractmethod
     def aggregate(self, round_number: int, accumulator: Sum, client_metrics: dict[str, float]) -> dict[str, float]:

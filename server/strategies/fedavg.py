@@ -21,6 +21,7 @@ class FedAvg(Strategy[WeightedSum]):
     """
 
     name = "fedavg"
+    relays_through_edges = True
     Params = FedAvgParams
 
     def configure(self, round_number: int, clients: Sequence[ClientInfo]) -> dict[str, ClientPlan]:

@@ -108,6 +108,7 @@ class KSchedule:
 
 class FedCompress(Strategy[WeightedSum]):
     name = "fedcompress"
+    relays_through_edges = True
     Params = FedCompressParams
     params: FedCompressParams
     TEACHERS_KEPT = 2   # the checkpoint being written and the one before it, which a crash falls back to
