@@ -1,4 +1,4 @@
-"""The ``fedsqueeze`` command: server, client, simulate, loadgen, status, health, certs, plugins.
+"""The ``fedsqueeze`` command: server, client, edge, simulate, loadgen, status, health, certs, plugins.
 
 Each command's flags come from its config dataclass (``fedsqueeze.config``);
 heavy modules are imported inside the command that needs them, so ``status``
@@ -14,7 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fedsqueeze.config import ClientConfig, LoadConfig, ServerConfig, SimulateConfig, add_arguments, option, resolve
+from fedsqueeze.config import (
+    ClientConfig,
+    EdgeConfig,
+    LoadConfig,
+    ServerConfig,
+    SimulateConfig,
+    add_arguments,
+    option,
+    resolve,
+)
 from fedsqueeze.logs import setup_logging
 
 
@@ -43,6 +52,15 @@ def _client(args: argparse.Namespace) -> int:
     from fedsqueeze.client import run_client
 
     return run_client(config)
+
+
+def _edge(args: argparse.Namespace) -> int:
+    config = resolve(EdgeConfig, args, "edge")
+    setup_logging(config.log_level, config.log_format)
+    from fedsqueeze.server.edge import run_edge
+
+    run_edge(config)
+    return 0
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -176,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cls, run, text in (
         ("server", ServerConfig, _server, "run the aggregation server"),
         ("client", ClientConfig, _client, "run a client daemon (an edge device)"),
+        ("edge", EdgeConfig, _edge, "run an edge aggregator: a server to its clients, sending the root their sums"),
         ("simulate", SimulateConfig, _simulate, "run a server and N client processes on this machine"),
         ("loadgen", LoadConfig, _loadgen, "load-test a server with many lightweight clients (pre-made updates)"),
     ):

@@ -2,7 +2,7 @@
 
 Each command's settings are one dataclass. Every field is, at once, a flag
 (``min_clients`` -> ``--min-clients``), a key of the command's table in a TOML
-file (``--config``: ``[server]``, ``[client]``, ``[simulate]``) and an
+file (``--config``: ``[server]``, ``[client]``, ``[edge]``, ``[simulate]``) and an
 environment variable (``FEDSQUEEZE_MIN_CLIENTS``). Precedence, highest first:
 flag, environment, TOML file, default.
 """
@@ -30,7 +30,9 @@ def option(default: Any, help: str) -> Any:
 
 
 @dataclass
-class ServerConfig:
+class ServingConfig:
+    """What every process serving the Federation service takes: a server, and an edge (its clients' server)."""
+
     listen: str = option("0.0.0.0:50051", "host:port to serve on (port 0 picks a free port)")
     port_file: str | None = option(None, "write the bound port to this file once serving")
     insecure: bool = option(False, "serve plaintext gRPC instead of TLS; says so loudly")
@@ -44,6 +46,29 @@ class ServerConfig:
                                         "0.0.0.0:9464; off when not given")
     tokens: str | None = option(None, "JSON file of enrolled clients {client id: sha256 of its token}: every call "
                                 "must then carry an enrolled token and act only as its client (fedsqueeze certs)")
+    max_clients: int = option(10_000, "most distinct client ids the server admits (a cap against floods of "
+                              "made-up ids; raise it for larger fleets)")
+    joins_per_minute: int = option(30, "most Joins one client id may make per minute")
+    concurrent_uploads: int = option(8, "update streams read and decoded at once; more wait their turn (server "
+                                     "memory grows with this, not with the clients connected)")
+    upload_stall_seconds: float = option(30.0, "an upload that sends nothing for this long, or that moves less "
+                                         "than --min-upload-rate after it, loses its turn and its task "
+                                         "(DEADLINE_EXCEEDED)")
+    min_upload_rate: float = option(1024.0, "bytes per second an upload must average once it has held its turn "
+                                    "for --upload-stall-seconds")
+    poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
+    client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")
+    linger: float = option(10.0, "seconds to keep telling clients the federation finished before exiting")
+    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk, sent and accepted: "
+                              f"clients learn it when they join and send no larger ones (<= {MAX_CHUNK_BYTES})")
+    malloc_arenas: int = option(2, "glibc malloc arenas for the server process (0: glibc's default, 8 per core); "
+                                "few keep freed update buffers reusable across threads (MALLOC_ARENA_MAX wins)")
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: str = option("text", "text, or json for one JSON object per line")
+
+
+@dataclass
+class ServerConfig(ServingConfig):
     data: str = option("fashion-mnist", "dataset spec; the server evaluates on its test split. none: the server "
                        "holds no data (give --input-shape and --num-classes) and clients evaluate each round's "
                        "model on their held-out share (federated evaluation)")
@@ -67,16 +92,6 @@ class ServerConfig:
     max_update_norm: float = option(1000.0, "largest L2 norm of a client's update (a delta) the server takes; "
                                     "0 for no bound")
     norm_action: str = option("refuse", "an update over --max-update-norm: refuse (INVALID_ARGUMENT) or clip")
-    max_clients: int = option(10_000, "most distinct client ids the server admits (a cap against floods of "
-                              "made-up ids; raise it for larger fleets)")
-    joins_per_minute: int = option(30, "most Joins one client id may make per minute")
-    concurrent_uploads: int = option(8, "update streams read and decoded at once; more wait their turn (server "
-                                     "memory grows with this, not with the clients connected)")
-    upload_stall_seconds: float = option(30.0, "an upload that sends nothing for this long, or that moves less "
-                                         "than --min-upload-rate after it, loses its turn and its task "
-                                         "(DEADLINE_EXCEEDED)")
-    min_upload_rate: float = option(1024.0, "bytes per second an upload must average once it has held its turn "
-                                    "for --upload-stall-seconds")
     max_examples: int = option(100_000, "largest example count an update is weighted by; a client claiming more "
                                "is weighted as this many, so one client cannot outweigh the rest")
     max_client_plans: int = option(8, "distinct codec plans clients may ask for at Join (each distinct downlink "
@@ -96,15 +111,6 @@ class ServerConfig:
     state_dir: str | None = option(None, "directory for checkpoints (model, round, history, strategy state) and "
                                    "registered decoders; a server restarted on it resumes")
     threads: int = option(0, "torch threads for aggregation and evaluation (0: torch's default)")
-    malloc_arenas: int = option(2, "glibc malloc arenas for the server process (0: glibc's default, 8 per core); "
-                                "few keep freed update buffers reusable across threads (MALLOC_ARENA_MAX wins)")
-    poll_timeout: float = option(20.0, "longest a GetTask long-poll is held, seconds")
-    client_timeout: float = option(60.0, "seconds without a call after which a client is not selected")
-    linger: float = option(10.0, "seconds to keep telling clients the federation finished before exiting")
-    chunk_bytes: int = option(DEFAULT_CHUNK_BYTES, f"payload bytes per streamed chunk, sent and accepted: "
-                              f"clients learn it when they join and send no larger ones (<= {MAX_CHUNK_BYTES})")
-    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
-    log_format: str = option("text", "text, or json for one JSON object per line")
 
 
 @dataclass
@@ -176,6 +182,24 @@ class LoadConfig:
     out: str | None = option(None, "write the result as JSON to this file")
     log_level: str = option("WARNING", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = option("text", "text, or json for one JSON object per line")
+
+
+@dataclass
+class EdgeConfig(ServingConfig):
+    """`fedsqueeze edge`: a server to its own clients, one participant of the root federation above them."""
+
+    listen: str = option("0.0.0.0:50052", "host:port to serve the edge's clients on (port 0 picks a free port)")
+    root: str = option("localhost:50051", "the root server's address host:port")
+    root_insecure: bool = option(False, "plaintext gRPC to the root instead of TLS; says so loudly")
+    root_certificates: str | None = option(None, "PEM CA bundle that signs the root's certificate")
+    token_file: str | None = option(None, "file holding this edge's enrolment token at the root (roots with --tokens)")
+    client_cert: str | None = option(None, "PEM client certificate, for roots with --require-client-certs")
+    client_key: str | None = option(None, "PEM private key of --client-cert")
+    edge_id: str | None = option(None, "stable id of this edge at the root (default: the host name)")
+    min_clients: int = option(1, "clients that must be connected before the edge takes a task from the root")
+    seed: int = option(0, "seed for selecting among the edge's clients")
+    out: str | None = option(None, "directory for the edge's report.json (its clients' rounds and traffic)")
+    max_backoff: float = option(30.0, "longest wait between reconnection attempts to the root, seconds")
 
 
 C = TypeVar("C")

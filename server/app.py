@@ -14,6 +14,7 @@ import logging
 import math
 import resource
 import signal
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +23,7 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedsqueeze.config import BUILTIN_LOOPS, OPTIMIZERS, ServerConfig
+from fedsqueeze.config import BUILTIN_LOOPS, OPTIMIZERS, ServerConfig, ServingConfig
 from fedsqueeze.data.datasets import Dataset, load_split
 from fedsqueeze.enrolment import Enrolment
 from fedsqueeze.evaluation import evaluate
@@ -45,7 +46,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAMES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 
 
-def _bind(server: grpc.aio.Server, config: ServerConfig) -> int:
+def _bind(server: grpc.aio.Server, config: ServingConfig) -> int:
     if config.insecure:
         log.warning("SERVING PLAINTEXT gRPC on %s (--insecure): anyone on the network can read and alter "
                     "models and updates. Use TLS (--tls-cert/--tls-key) outside a trusted test network.",
@@ -140,7 +141,7 @@ def raise_open_file_limit() -> None:
         log.debug("open-file limit raised from %d to %d", soft, hard)
 
 
-def build_server(config: ServerConfig, coordinator: Coordinator, meter: ByteMeter,
+def build_server(config: ServingConfig, coordinator: Coordinator, meter: ByteMeter,
                  enrolment: Enrolment | None) -> tuple[grpc.aio.Server, health.aio.HealthServicer, int]:
     """The gRPC server with every service, bound (not started); returns it, its health servicer and its port."""
     federation_service = pb.DESCRIPTOR.services_by_name["Federation"].full_name
@@ -200,14 +201,13 @@ def build_coordinator(config: ServerConfig) -> tuple[Coordinator, ByteMeter]:
     return coordinator, meter
 
 
-async def serve(config: ServerConfig) -> None:
-    """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
-    raise_open_file_limit()
-    coordinator, meter = build_coordinator(config)
+async def serve_rounds(config: ServingConfig, coordinator: Coordinator, meter: ByteMeter, what: str,
+                       on_stop: Callable[[], None] | None = None) -> None:
+    """Put gRPC in front of ``coordinator`` and run its round loop until it ends (or SIGTERM/SIGINT, which also
+    call ``on_stop``), then stop gracefully; ``what`` names the process in the logs (a server, an edge)."""
     if config.metrics_listen:
         metrics_port = coordinator.metrics.serve(config.metrics_listen)
         log.info("Prometheus metrics on %s:%d/metrics", config.metrics_listen.rpartition(":")[0], metrics_port)
-
     enrolment = Enrolment.load(config.tokens) if config.tokens else None
     if enrolment is None:
         log.warning("no --tokens: any client may join under any id (fine on a closed test network only)")
@@ -220,9 +220,15 @@ async def serve(config: ServerConfig) -> None:
     log.info("serving on port %d", port)
 
     rounds = asyncio.create_task(coordinator.run())
+
+    def stop() -> None:
+        if on_stop is not None:
+            on_stop()
+        rounds.cancel()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, rounds.cancel)
+        loop.add_signal_handler(sig, stop)
     try:
         await rounds
     except asyncio.CancelledError:
@@ -231,6 +237,13 @@ async def serve(config: ServerConfig) -> None:
         await health_servicer.enter_graceful_shutdown()
         coordinator.write_report()
         await server.stop(grace=5)
-        log.info("server stopped; %d rounds finished", len(coordinator.history))
+        log.info("%s stopped; %d rounds finished", what, len(coordinator.history))
+
+
+async def serve(config: ServerConfig) -> None:
+    """Serve until every round is done (or SIGTERM/SIGINT), then stop gracefully."""
+    raise_open_file_limit()
+    coordinator, meter = build_coordinator(config)
+    await serve_rounds(config, coordinator, meter, "server")
     if coordinator.stopped_because:
         raise SystemExit(f"the federation stopped early: {coordinator.stopped_because}")

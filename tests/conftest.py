@@ -92,6 +92,21 @@ class Cluster:
             self.port = wait_for(bound_port, 60, "the server to listen")
         return proc
 
+    def edge(self, name: str, *args: str, port: int = 0) -> int:
+        """An edge aggregator of this cluster's server (plaintext both ways); returns the port it serves on."""
+        port_file = self.root / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        proc = self.fedsqueeze(name, "edge", "--root", f"127.0.0.1:{self.port}", "--root-insecure", "--insecure",
+                               "--edge-id", name, "--listen", f"127.0.0.1:{port}", "--port-file", str(port_file),
+                               "--max-backoff", "1", "--linger", "5", *args)
+
+        def bound_port() -> int | None:
+            if proc.poll() is not None:
+                self.fail(f"edge {name} exited with code {proc.returncode} before listening")
+            text = port_file.read_text().strip() if port_file.exists() else ""
+            return int(text) if text else None
+        return wait_for(bound_port, 60, f"edge {name} to listen")
+
     def client(self, name: str, *args: str, port: int | None = None) -> subprocess.Popen[bytes]:
         """A client daemon; on synthetic data unless ``args`` give another --data."""
         return self.fedsqueeze(name, "client", "--server", f"127.0.0.1:{port or self.port}", "--insecure",

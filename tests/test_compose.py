@@ -4,8 +4,9 @@ No Docker engine runs here, so the test does what compose would: it takes the
 file as `docker-compose config` resolves it (schema-checked, anchors merged),
 maps the service host names to loopback, the container port to a free one and
 the `/out` volume to a temporary folder, waits for the declared health check,
-starts the clients, and checks the cluster trains. The one override: a
-single round instead of the file's five, to keep the suite short.
+starts the clients, and checks the cluster trains. The overrides, to keep
+the suite short: a single round instead of the file's five, and in the
+`edges` profile a sixteenth of the data per client instead of a quarter.
 
 As in the image, the processes run without privileges: run as root, the
 suite drops every capability (``setpriv``), so like the image's
@@ -47,9 +48,12 @@ def resolved_compose() -> dict[str, Any]:
     return yaml.safe_load(result.stdout)
 
 
-def localize(value: str, hosts: set[str], port: int, mounts: dict[str, Path]) -> str:
-    """A compose value as a plain process sees it: service hosts on loopback, volume paths in folders."""
-    value = re.sub(rf"\b({'|'.join(map(re.escape, sorted(hosts)))}):{CONTAINER_PORT}\b", f"127.0.0.1:{port}", value)
+def localize(value: str, ports: dict[str, int], mounts: dict[str, Path]) -> str:
+    """A compose value as a plain process sees it: each service host on loopback at its own port (``ports``: host
+    name -> port), volume paths in folders."""
+    if ports:
+        pattern = rf"\b({'|'.join(map(re.escape, sorted(ports)))}):{CONTAINER_PORT}\b"
+        value = re.sub(pattern, lambda m: f"127.0.0.1:{ports[m.group(1)]}", value)
     for target, folder in mounts.items():
         if value == target or value.startswith(target + "/"):
             return str(folder) + value[len(target):]
@@ -68,6 +72,7 @@ def command(argv: list[str]) -> list[str]:
 def test_compose_file_declares_a_sound_cluster() -> None:
     services = resolved_compose()["services"]
     server, clients = services["server"], {n: s for n, s in services.items() if n.startswith("client")}
+    assert not any("profiles" in c for c in [server, *clients.values()])   # what a plain `up` starts
     assert len(clients) == 3
     assert server["environment"]["FEDSQUEEZE_MIN_CLIENTS"] == str(len(clients))
     indexes = sorted(int(c["environment"]["FEDSQUEEZE_PARTITION_INDEX"]) for c in clients.values())
@@ -99,58 +104,117 @@ def test_compose_file_declares_a_sound_cluster() -> None:
     assert targets <= set(made.group(1).split()), f"volumes mount {targets}, the image makes {made.group(1)}"
 
 
+class ComposeAsProcesses:
+    """Runs services of the compose file as compose would, as processes: host names on loopback, each service
+    at its own port, volumes in folders of ``cluster.root``; ``FEDSQUEEZE_ROUNDS`` is 1 to keep the suite short."""
+
+    def __init__(self, cluster: Cluster, services: dict[str, Any]) -> None:
+        self.cluster = cluster
+        self.services = services
+        self.ports = {name: free_port() for name in services}
+        self.mounts = {target: cluster.root / target.strip("/") for target in ("/out", "/state", "/certs")}
+        for folder in self.mounts.values():
+            folder.mkdir(exist_ok=True)   # ours, as the image's folders are its user's
+
+    def local(self, name: str, value: str, mounts: dict[str, Path] | None = None) -> str:
+        """A value of service ``name``: its own host names (localhost, 0.0.0.0) at its own port."""
+        own = self.ports[name]
+        return localize(value, {**self.ports, "localhost": own, "0.0.0.0": own}, mounts or self.mounts)
+
+    def env(self, name: str) -> dict[str, str]:
+        env = {k: self.local(name, str(v)) for k, v in self.services[name].get("environment", {}).items()}
+        return {**env, "FEDSQUEEZE_ROUNDS": "1"} if "FEDSQUEEZE_ROUNDS" in env else env
+
+    def command(self, name: str, mounts: dict[str, Path] | None = None) -> list[str]:
+        return command([self.local(name, a, mounts) for a in self.services[name]["command"]])
+
+    def start(self, name: str) -> None:
+        """Start a service once what it depends on is in the state compose waits for; wait for its health."""
+        for dependency, condition in self.services[name].get("depends_on", {}).items():
+            assert condition["condition"] in ("service_healthy", "service_completed_successfully"), condition
+            assert dependency in self.cluster.processes, f"{name} depends on {dependency}, not started yet"
+            if condition["condition"] == "service_completed_successfully":
+                assert self.cluster.processes[dependency].poll() == 0, self.cluster.log(dependency)
+        self.cluster.spawn(name, self.command(name), self.env(name))
+        check = self.services[name].get("healthcheck")
+        if check is None:
+            return
+        health = command([self.local(name, a) for a in check["test"][1:]])
+
+        def healthy() -> bool:
+            if self.cluster.processes[name].poll() is not None:
+                self.cluster.fail(f"{name} exited before it was healthy")
+            return subprocess.run(health, capture_output=True, timeout=30).returncode == 0
+        wait_for(healthy, 120, f"{name}'s health check", interval=1.0)
+
+    def certs(self) -> None:
+        self.start("certs")
+        assert self.cluster.wait("certs", 60) == 0, self.cluster.log("certs")
+
+
 @pytest.mark.slow
 def test_compose_cluster_trains_as_plain_processes(cluster: Cluster) -> None:
     services = resolved_compose()["services"]
-    hosts = {*services, "localhost", "0.0.0.0"}
-    port = free_port()
-    mounts = {target: cluster.root / target.strip("/") for target in ("/out", "/state", "/certs")}
-    for folder in mounts.values():
-        folder.mkdir()   # ours, as the image's folders are its user's
-
-    def env_of(service: dict[str, Any]) -> dict[str, str]:
-        env = {k: localize(str(v), hosts, port, mounts) for k, v in service.get("environment", {}).items()}
-        return {**env, "FEDSQUEEZE_ROUNDS": "1"} if "FEDSQUEEZE_ROUNDS" in env else env
-
-    certs = services["certs"]
+    compose = ComposeAsProcesses(cluster, services)
     if UNPRIVILEGED:   # the control: a mounted folder the process does not own cannot be written
-        foreign = {**mounts, "/certs": cluster.root / "foreign"}
+        foreign = {**compose.mounts, "/certs": cluster.root / "foreign"}
         foreign["/certs"].mkdir()
         os.chown(foreign["/certs"], 65534, 65534)
-        denied = subprocess.run(command([localize(a, hosts, port, foreign) for a in certs["command"]]),
-                                capture_output=True, text=True, timeout=60)
+        denied = subprocess.run(compose.command("certs", foreign), capture_output=True, text=True, timeout=60)
         assert denied.returncode != 0 and "Permission denied" in denied.stderr, denied.stderr
-    cluster.spawn("certs", command([localize(a, hosts, port, mounts) for a in certs["command"]]), env_of(certs))
-    assert cluster.wait("certs", 60) == 0, cluster.log("certs")
+    compose.certs()
     server = services["server"]
-    assert server["depends_on"]["certs"]["condition"] == "service_completed_successfully"
     assert "FEDSQUEEZE_INSECURE" not in server["environment"], "the compose cluster must run with TLS"
-    cluster.spawn("server", command(server["command"]), env_of(server))
-    health = command([localize(a, hosts, port, mounts) for a in server["healthcheck"]["test"][1:]])
-
-    def healthy() -> bool:
-        if cluster.processes["server"].poll() is not None:
-            cluster.fail("the server exited before it was healthy")
-        return subprocess.run(health, capture_output=True, timeout=30).returncode == 0
-    wait_for(healthy, 120, "the server's health check", interval=1.0)
-
+    compose.start("server")
     clients = sorted(n for n in services if n.startswith("client"))
     for name in clients:
-        cluster.spawn(name, command(services[name]["command"]), env_of(services[name]))
+        compose.start(name)
     assert cluster.wait("server", 300) == 0
     for name in clients:
         assert cluster.wait(name, 60) == 0
 
-    report = mounts["/out"] / "report.json"
+    report = compose.mounts["/out"] / "report.json"
     assert report.exists(), cluster.logs()
     (first,) = json.loads(report.read_text())["rounds"]
     assert first["updates"] == first["selected"] == 3
     assert first["accuracy"] > 0.7, first
     for name in clients:
         assert f"client {name} joined" in cluster.log("server")
-    assert (mounts["/state"] / "checkpoint.json").exists()
+    assert (compose.mounts["/state"] / "checkpoint.json").exists()
     assert "SERVING PLAINTEXT" not in cluster.log("server") and "no --tokens" not in cluster.log("server")
 
+
+@pytest.mark.slow
+def test_the_compose_edges_profile_trains_through_two_edges(cluster: Cluster) -> None:
+    services = resolved_compose()["services"]
+    edges = sorted(n for n, s in services.items() if s["command"][1:] == ["edge"])
+    clients = sorted(n for n, s in services.items() if "edges" in s.get("profiles", ()) and s["command"][1:] ==
+                     ["client"])
+    assert edges == ["edge-a", "edge-b"] and len(clients) == 4
+    assert all("edges" in services[n]["profiles"] for n in ["root", *edges])
+    assert services["root"]["environment"]["FEDSQUEEZE_MIN_CLIENTS"] == str(len(edges))
+    for name in clients:   # each client behind the edge it waits for, on its own partition
+        (edge,) = services[name]["depends_on"]
+        assert services[name]["environment"]["FEDSQUEEZE_SERVER"] == f"{edge}:{CONTAINER_PORT}"
+    assert sorted(services[n]["environment"]["FEDSQUEEZE_PARTITION_INDEX"] for n in clients) == ["0", "1", "2", "3"]
+    for name in clients:   # a quarter of each client's partition keeps the suite short
+        services[name]["environment"]["FEDSQUEEZE_NUM_PARTITIONS"] = "16"
+    compose = ComposeAsProcesses(cluster, services)
+    compose.certs()
+    for name in ["root", *edges, *clients]:   # compose's start order: each after what it depends on is healthy
+        compose.start(name)
+    assert cluster.wait("root", 300) == 0, cluster.logs()
+    for name in [*edges, *clients]:
+        assert cluster.wait(name, 60) == 0, cluster.logs()
+    (first,) = json.loads((compose.mounts["/out"] / "root" / "report.json").read_text())["rounds"]
+    assert (first["updates"], first["selected"], first["edges"]) == (4, 4, 2)
+    assert first["accuracy"] > 0.6, first
+    assert first["edge_bytes_up"] > first["bytes_up"] / 2   # four client updates below, two sums above
+    for edge in edges:
+        (round_at_edge,) = json.loads((compose.mounts["/out"] / edge / "report.json").read_text())["rounds"]
+        assert round_at_edge["updates"] == 2
+        assert f"edge aggregator {edge} joined" in cluster.log("root")
+        assert "SERVING PLAINTEXT" not in cluster.log(edge) and "no --tokens" not in cluster.log(edge)
 
 
 def _megabytes(size: str | int) -> float:
@@ -171,7 +235,7 @@ def test_the_compose_simulation_runs_as_a_process_within_its_shared_memory(tmp_p
     out.mkdir()
     # The file's command and settings; a smaller population and one round keep the suite short.
     run_env = {**{k: v for k, v in os.environ.items() if not k.startswith("FEDSQUEEZE_")},
-               **{k: localize(str(v), set(), 0, {"/out": out}) for k, v in env.items()},
+               **{k: localize(str(v), {}, {"/out": out}) for k, v in env.items()},
                "FEDSQUEEZE_POPULATION": "40", "FEDSQUEEZE_CLIENTS_PER_ROUND": "5", "FEDSQUEEZE_ROUNDS": "1"}
     result = subprocess.run(command(simulate["command"]), env=run_env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
