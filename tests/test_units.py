@@ -177,6 +177,27 @@ def test_weighted_sum_refuses_what_could_overflow_or_is_not_finite_and_stays_unc
     assert torch.equal(total.sums["w"], before) and total.count == 1 and total.weight == 1000.0
 
 
+def test_weighted_sum_rounds_every_element_once_across_fold_blocks_and_strided_inputs() -> None:
+    rng = np.random.default_rng(4)
+    matrix = (rng.normal(size=(700, 300)) * 10.0 ** rng.integers(-6, 1, size=(700, 300))).astype(np.float32)
+    updates = [({"w": matrix.T, "b": matrix[0, :5]}, 599.0),          # strided views, 210,000 elements
+               ({"w": torch.from_numpy(matrix.T.copy()), "b": np.ones(5, np.float32)}, 3.0)]
+    total = WeightedSum()
+    for tensors, weight in updates:
+        total.add(tensors, weight)
+    for name in ("w", "b"):
+        reference = sum(torch.round(torch.as_tensor(np.asarray(t[name])).to(torch.float64) * w * 2.0 ** 36)
+                        .to(torch.int64) for t, w in updates)
+        assert torch.equal(total.sums[name], reference)
+    scaled, largest = WeightedSum().scale(updates[0][0], 599.0)
+    assert torch.equal(scaled["b"], torch.round(torch.from_numpy(matrix[0, :5]).double() * 599.0 * 2.0 ** 36)
+                       .to(torch.int64))
+    assert largest == float(np.abs(matrix).max()) * 599.0
+    with pytest.raises(ValueError, match="shape"):
+        total.add({"w": matrix, "b": np.ones(5, np.float32)}, 1.0)   # (700, 300) against the sum's (300, 700)
+    assert total.count == 2
+
+
 def test_partial_sums_cross_the_wire_exactly_and_merge_as_the_updates_would_add() -> None:
     rng = np.random.default_rng(3)
     specs = {"w": TensorSpec("w", (64, 3)), "b": TensorSpec("b", (3,))}
