@@ -35,7 +35,7 @@ from fedsqueeze.server.coordinator import Coordinator
 from fedsqueeze.server.decoding import add_tolerant_servicer
 from fedsqueeze.server.metering import ByteMeter, MeteringInterceptor
 from fedsqueeze.server.servicer import FederationServicer, OperatorServicer
-from fedsqueeze.server.strategies import make_strategy
+from fedsqueeze.server.strategies import make_strategy, model_plans
 from fedsqueeze.specs import parse_spec
 from fedsqueeze.transport import server_options
 from fedsqueeze.v1 import federation_pb2 as pb
@@ -164,6 +164,10 @@ def build_coordinator(config: ServerConfig) -> tuple[Coordinator, ByteMeter]:
     simulators drive it in-process through the same client calls. SystemExit with one message on a bad setting.
     """
     check_settings(config)
+    try:
+        model_plans(config)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     if config.threads:
         torch.set_num_threads(config.threads)
     if not 0 < config.fraction_evaluate <= 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from fedsqueeze.errors import PayloadError
 from fedsqueeze.models import build_model, make_model_spec
 from fedsqueeze.server.admission import check_client_plan
 from fedsqueeze.server.aggregation import WeightedSum
+from fedsqueeze.server.app import build_coordinator
 from fedsqueeze.server.partial_sums import accept_partial, encode_partial, expected_partial, partial_header
 from fedsqueeze.specs import SpecError, format_spec, parse_spec
 from fedsqueeze.tensors import TensorSpec
@@ -251,3 +253,16 @@ def test_models_build_from_specs_with_reproducible_init() -> None:
     assert sum(p.numel() for p in big.parameters()) == 20_037_642
     with pytest.raises(ValueError, match="unknown model"):
         make_model_spec("nosuchmodel", (1, 28, 28), 10)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"uplink": "fixed64"}, "--uplink 'fixed64': fixed64 carries edge aggregators' partial sums"),
+    ({"downlink": "fixed64(shuffle=true)|zstd"}, "--downlink 'fixed64(shuffle=true)|zstd': fixed64 carries"),
+    ({"uplink": "gzip"}, "--uplink 'gzip': unknown codec 'gzip'"),
+])
+def test_server_refuses_codec_plans_that_cannot_carry_model_tensors_naming_the_flag(
+        flags: dict[str, str], message: str) -> None:
+    config = ServerConfig(data="none", input_shape="1,28,28", num_classes=10, **flags)
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        build_coordinator(config)
+

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from torch import nn
 
-from fedsqueeze.codecs import get_plan
+from fedsqueeze.codecs import CodecError, get_plan
 from fedsqueeze.config import ServerConfig
 from fedsqueeze.methods import method_plugin
 from fedsqueeze.plugins import PluginError
@@ -32,6 +33,21 @@ def strategy_class(name: str) -> type[Strategy]:
     return strategy
 
 
+def model_plans(config: ServerConfig) -> tuple[str, str]:
+    """The canonical ``--uplink`` and ``--downlink`` plans; ValueError naming the flag for a plan that does not
+    parse or that does not carry float32 model tensors (``fixed64`` is for edge aggregators' partial sums)."""
+    plans = []
+    for flag, text in (("--uplink", config.uplink), ("--downlink", config.downlink)):
+        try:
+            plan = get_plan(text)
+            if any(pipeline.dtype != np.float32 for pipeline in plan.pipelines()):
+                raise CodecError("fixed64 carries edge aggregators' partial sums, not model tensors")
+        except (CodecError, ValueError) as exc:
+            raise ValueError(f"{flag} {text!r}: {exc}") from None
+        plans.append(plan.spec)
+    return plans[0], plans[1]
+
+
 def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSpec,
                   evaluate: Callable[[nn.Module], tuple[float, float]] | None = None) -> Strategy:
     """The strategy ``config.method`` names (e.g. ``fedcompress(k0=8)``); codec plans are checked here."""
@@ -41,11 +57,11 @@ def make_strategy(config: ServerConfig, model: nn.Module, model_spec: pb.ModelSp
                                          learning_rate=config.lr, optimizer=config.optimizer,
                                          momentum=config.momentum)
     data = "" if config.data == "none" else config.data   # a server without data (federated evaluation)
-    settings = StrategySettings(model_spec, data, hyperparameters, get_plan(config.uplink).spec,
-                                get_plan(config.downlink).spec, config.client_codecs, config.seed, evaluate,
-                                Path(config.state_dir) if config.state_dir else None, params)
+    uplink, downlink = model_plans(config)
+    settings = StrategySettings(model_spec, data, hyperparameters, uplink, downlink, config.client_codecs,
+                                config.seed, evaluate, Path(config.state_dir) if config.state_dir else None, params)
     return cls(model, settings)
 
 
 __all__ = ["ClientPlan", "ClientUpdate", "STRATEGIES", "Strategy", "StrategySettings", "make_strategy",
-           "strategy_class"]
+           "model_plans", "strategy_class"]
