@@ -128,7 +128,7 @@ def partial_sum_cost(args: argparse.Namespace, clients: int = 250, repeats: int 
         encoded = encode_partial(edge_sum, specs)
         encode_times.append(time.process_time() - start)
         root_sum = WeightedSum()
-        root_sum.merge(edge_sum)
+        root_sum.merge(edge_sum)   # a root already holding a sum, so the timed merge adds rather than copies
         start = time.process_time()
         tensors = {t.spec.name: decode_tensor(t, expected[t.spec.name]) for t in encoded.tensors}
         root_sum.merge(accept_partial(header, tensors, max_examples=600))

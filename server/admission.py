@@ -10,8 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-import numpy as np
-
 from fedsqueeze.codecs import CodecError, get_plan
 from fedsqueeze.errors import ConflictError, PayloadError, RoundStateError
 from fedsqueeze.server.clients import ClientInfo
@@ -100,8 +98,7 @@ def check_client_plan(direction: str, text: str, specs: Mapping[str, TensorSpec]
         plan = get_plan(text)
         if any(stage.codec_id == "latent" for p in plan.pipelines() for stage in p.array_stages):
             raise CodecError("latent stages are assigned by the server's method, not chosen by clients")
-        if any(p.dtype != np.float32 for p in plan.pipelines()):
-            raise CodecError("fixed64 carries edge aggregators' partial sums, not model tensors")
+        plan.require_float32()
         plan.check(specs)
     except (CodecError, ValueError) as exc:
         raise PayloadError(f"{direction} codec plan {shown(text)} refused: {shown(str(exc))}") from None

@@ -166,6 +166,12 @@ class CodecPlan:
     def pipelines(self) -> list[Pipeline]:
         return [self.default, *(p for _, p in self.rules)]
 
+    def require_float32(self) -> None:
+        """CodecError unless every pipeline takes float32 arrays, as model tensors are (``fixed64`` carries
+        edge aggregators' int64 partial sums, never a model)."""
+        if any(p.dtype != np.float32 for p in self.pipelines()):
+            raise CodecError("fixed64 carries edge aggregators' partial sums, not model tensors")
+
     def check(self, specs: Mapping[str, TensorSpec], seed: int = 0) -> None:
         """Raise CodecError unless every pipeline this plan picks for ``specs`` encodes and decodes.
 

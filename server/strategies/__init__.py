@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from torch import nn
 
 from fedsqueeze.codecs import CodecError, get_plan
@@ -40,8 +39,7 @@ def model_plans(config: ServerConfig) -> tuple[str, str]:
     for flag, text in (("--uplink", config.uplink), ("--downlink", config.downlink)):
         try:
             plan = get_plan(text)
-            if any(pipeline.dtype != np.float32 for pipeline in plan.pipelines()):
-                raise CodecError("fixed64 carries edge aggregators' partial sums, not model tensors")
+            plan.require_float32()
         except (CodecError, ValueError) as exc:
             raise ValueError(f"{flag} {text!r}: {exc}") from None
         plans.append(plan.spec)
