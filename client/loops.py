@@ -12,7 +12,8 @@ A loop is any callable ``loop(model, data, round, **params)``:
 - ``model``: the ``nn.Module`` to train in place (it holds the downloaded weights);
 - ``data``: the device's ``Dataset`` (``x``, ``y`` tensors, ``num_classes``);
 - ``round``: a ``LocalRound`` (round number, hyperparameters, a seeded shuffling generator,
-  ``should_stop`` to poll between batches, ``make_optimizer``);
+  ``should_stop`` to poll between batches, ``make_optimizer``, and ``extra_loss``: when a method sets it
+  (REFT's in-place distillation), the loop must add ``round.extra_loss(x, outputs)`` to each batch's loss);
 - ``params``: the spec's parameters, e.g. ``mu`` of ``--trainer "mypkg.loops:fedprox(mu=0.01)"``.
 
 It returns its metrics (``dict[str, float]``), or ``(examples, metrics)`` when the
@@ -53,6 +54,7 @@ class LocalRound:
     hyperparameters: pb.Hyperparameters   # epochs, batch_size, learning_rate, optimizer, momentum
     generator: torch.Generator            # shuffling: reproducible, different per client and round
     should_stop: Callable[[], bool]       # poll between batches; raise Stopped when it turns true
+    extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None   # method's term: (x, outputs)
 
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return make_optimizer(model, self.hyperparameters)
@@ -72,7 +74,8 @@ def make_optimizer(model: nn.Module, hp: pb.Hyperparameters) -> torch.optim.Opti
 
 def local(model: nn.Module, data: Dataset, round: LocalRound) -> dict[str, float]:
     """The built-in loop: ``epochs`` passes over ``data`` in shuffled mini-batches, cross-entropy (regression:
-    mean squared error); returns the mean training loss and (classification) accuracy."""
+    mean squared error) plus the method's ``extra_loss``; returns the mean training loss (without that term)
+    and (classification) accuracy."""
     hp = round.hyperparameters
     if hp.epochs < 1 or hp.batch_size < 1 or not hp.learning_rate > 0:
         raise ValueError(f"invalid hyperparameters: epochs={hp.epochs}, batch_size={hp.batch_size}, "
@@ -89,7 +92,8 @@ def local(model: nn.Module, data: Dataset, round: LocalRound) -> dict[str, float
             optimizer.zero_grad()
             outputs = model(x)
             loss = task_loss(outputs, y, data.regression)
-            loss.backward()
+            total = loss if round.extra_loss is None else loss + round.extra_loss(x, outputs)
+            total.backward()
             optimizer.step()
             loss_sum += loss.item() * len(batch)
             if not data.regression:

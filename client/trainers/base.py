@@ -64,13 +64,30 @@ class Trainer(ABC):
         return self.Params.from_spec(self.config(task).get("params", {}))
 
     def train(self, model: nn.Module, data: Dataset, task: pb.TrainTask, hyperparameters: pb.Hyperparameters,
-              should_stop: Callable[[], bool]) -> tuple[int, dict[str, float]]:
-        """Run the task's training loop (``--trainer`` on the server) on ``model``: (examples, metrics)."""
+              should_stop: Callable[[], bool],
+              extra_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+              ) -> tuple[int, dict[str, float]]:
+        """Run the task's training loop (``--trainer`` on the server) on ``model``: (examples, metrics).
+
+        ``extra_loss(x, outputs)`` is the method's term of each batch's loss; a loop that never adds it is an
+        error (the method would silently not happen), not a warning."""
         loop = self._loops.get(task.trainer)
         if loop is None:
             loop = self._loops[task.trainer] = TrainingLoop.from_spec(task.trainer)
-        return loop(model, data, LocalRound(task.round, hyperparameters, round_generator(self.seed, task.round),
-                                            should_stop))
+        calls = 0
+
+        def counted(x: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            assert extra_loss is not None
+            return extra_loss(x, outputs)
+
+        result = loop(model, data, LocalRound(task.round, hyperparameters, round_generator(self.seed, task.round),
+                                              should_stop, counted if extra_loss else None))
+        if extra_loss and not calls:
+            raise ValueError(f"training loop {loop.spec!r} never added round.extra_loss(x, outputs) to its loss, "
+                             f"which {self.method} needs this round; add it, or turn the method's term off")
+        return result
 
     def expected_download(self, task: pb.TrainTask) -> dict[str, ExpectedTensor]:
         """The tensors of this task's download (default: the whole model, in the downlink codec)."""

@@ -16,6 +16,12 @@ client held stay. Then the global model is the student of the round's
 ensemble: the mean temperature-softened prediction of the clients' trained
 sub-models on unlabeled public data (never the clients').
 
+In-place distillation (``inplace_kd``): a client wider than the narrowest
+tier is told where that tier's channels sit in its own sub-model and trains
+that nested sub-network towards its own outputs on every batch, so the
+weakest devices' model also learns from the capable devices' data
+(``fedsqueeze.methods.reft.nested``).
+
 Tier: a client's capacity is its declared compute budget (1 when none), times
 its measured training speed over ``reference_speed`` when that is set (capped
 at 1). Training cost grows about as width squared, so a client gets the widest
@@ -182,12 +188,19 @@ class Reft(Strategy[CoverageSum]):
             uplink, downlink = self.codecs_for(client)
             profile = f"{width}:{downlink}"
             self.profiles[profile] = (width, downlink)
+            config = {"width": width, "channels": {name: len(kept) for name, kept in self.cuts[width].keep.items()}}
+            if self.params.inplace_kd > 0 and width > self.widths[-1]:
+                config["inplace"] = self._nested_positions(width, self.widths[-1])
             plans[client.client_id] = ClientPlan(
                 profile=profile, hyperparameters=self.settings.hyperparameters, uplink_codec=uplink,
-                downlink_codec=downlink, error_feedback=False,
-                method_config={"width": width,
-                               "channels": {name: len(kept) for name, kept in self.cuts[width].keep.items()}})
+                downlink_codec=downlink, error_feedback=False, method_config=config)
         return plans
+
+    def _nested_positions(self, width: float, narrower: float) -> dict[str, list[int]]:
+        """Per layer, where the ``narrower`` tier's channels sit among the ``width`` tier's (tiers nest, so
+        each is found): what a client needs to run the narrower sub-network inside its own."""
+        return {name: np.searchsorted(kept, self.cuts[narrower].keep[name]).tolist()
+                for name, kept in self.cuts[width].keep.items()}
 
     def downlink(self, profile: str) -> tuple[dict[str, torch.Tensor], dict[str, ExpectedTensor]]:
         width, codec = self.profiles[profile]

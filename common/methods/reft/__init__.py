@@ -1,4 +1,4 @@
-"""REFT's parameters, read by its server strategy (its client trainer needs only each round's cut)."""
+"""REFT's parameters, read by its server strategy; its client trainer reads ``inplace_kd`` and ``temperature``."""
 
 from dataclasses import dataclass
 
@@ -15,8 +15,10 @@ class ReftParams(DistillationParams):
     public: str = param("procedural", "unlabelled distillation images: procedural, or a dataset other than the "
                         "federation's")
     public_samples: int = param(5000, "distillation images")
+    inplace_kd: float = param(1.0, "weight of in-place distillation: a client wider than the narrowest tier also "
+                              "trains that tier's nested sub-network towards its own outputs on each batch (0: off)")
 
     def check(self) -> None:
         super().check()
-        if self.reference_speed < 0 or self.public_samples < 10:
-            raise ValueError("reft: need reference_speed >= 0 and public_samples >= 10")
+        if self.reference_speed < 0 or self.public_samples < 10 or not self.inplace_kd >= 0:
+            raise ValueError("reft: need reference_speed >= 0, public_samples >= 10 and inplace_kd >= 0")
