@@ -13,8 +13,9 @@ import torch
 import zstandard
 
 from fedsqueeze.client.error_feedback import ErrorFeedback
-from fedsqueeze.client.trainers.autoencoder import compose
+from fedsqueeze.client.trainers.autoencoder import AutoencoderTrainer, compose
 from fedsqueeze.codecs import LATENT_MODELS, CodecError, get_pipeline
+from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.methods.autoencoder.networks import (
     CORRECTION,
     DECODER_PREFIX,
@@ -34,7 +35,7 @@ from fedsqueeze.server.strategies.autoencoder import Autoencoder
 from fedsqueeze.server.strategies.base import ClientUpdate
 from fedsqueeze.tensors import TensorSpec, float_state, model_spec
 from fedsqueeze.v1 import federation_pb2 as pb
-from fedsqueeze.wire import EncodedModel, EncodedTensor, encode_model, expect_all
+from fedsqueeze.wire import EncodedModel, EncodedTensor, decode_tensor, encode_model, expect_all
 
 from conftest import FAST_SERVER, Cluster, free_port, wait_for
 from test_refusals import Prober
@@ -154,6 +155,37 @@ def test_phases_follow_warmup_registration_and_restarts(tmp_path) -> None:
     # a restarted client (new instance) starts over
     assert restored.configure(1, [client("a", instance="i2")])["a"].method_config["phase"] == "warmup"
     assert sum(s.numel for s in specs.values()) == restored.numel
+
+
+def test_client_and_server_decode_latents_with_the_same_lossy_decoder() -> None:
+    """With a lossy ``decoder_codec`` the client codes against the decoder as the server decoded it."""
+    spec = make_model_spec("cnn(width=4)", (1, 12, 12), 10)
+    params = {"warmup": 1, "chunk": 256, "latent": 8, "hidden": 8, "ae_epochs": 5, "decoder_codec": "cluster(k=4)|zstd"}
+    hp = pb.Hyperparameters(epochs=1, batch_size=8, learning_rate=0.1, optimizer="sgd")
+    strategy = Autoencoder(build_model(spec), StrategySettings(spec, "synthetic", hp, "dense", "dense", params=params))
+    data = Dataset(torch.randn(32, 1, 12, 12), torch.arange(32) % 10, 10)
+    trainer = AutoencoderTrainer(build_model(spec), data, seed=0)
+    weights = {n: v.numpy() for n, v in float_state(strategy.model).items()}
+    try:
+        for round_number in (1, 2):   # warm-up, then registration
+            plan = strategy.configure(round_number, [client("a")])["a"]
+            task = pb.TrainTask(round=round_number, uplink_codec=plan.uplink_codec, method_config_json=json.dumps(
+                {**plan.method_config, "params": params}))
+            result = trainer.fit(task, weights, hp, lambda: False)
+            expected = strategy.expected_update(plan)
+            received = {t.spec.name: decode_tensor(t, expected[t.spec.name])
+                        for t in encode_model(result.update, expected).tensors}
+            accumulator = strategy.new_accumulator()
+            strategy.accumulate(accumulator, ClientUpdate("a", plan, received, 32, result.metrics,
+                                                          {n: 1 for n in received}))
+        sent = {n[len(DECODER_PREFIX):]: v for n, v in result.update.items() if n.startswith(DECODER_PREFIX)}
+        served = {n[len(DECODER_PREFIX):]: v for n, v in received.items() if n.startswith(DECODER_PREFIX)}
+        kept = trainer.registered[2].decoder.state_dict()
+        assert not all(np.array_equal(sent[n].numpy(), served[n]) for n in sent)   # the codec is lossy
+        assert all(np.array_equal(kept[n].numpy(), served[n]) for n in served)    # and the client knows it
+    finally:
+        trainer.unload()
+        LATENT_MODELS.unregister("ae-a", 1)
 
 
 def test_latents_without_a_matching_decoder_are_refused() -> None:

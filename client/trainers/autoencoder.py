@@ -2,7 +2,8 @@
 
 Keeps its recent updates (the autoencoder's training set). ``warmup``: send the
 update per tensor. ``register``: train the autoencoder, register it locally
-(so this client can encode, and decode for error feedback), and send its
+(so this client can encode, and decode for error feedback) with its decoder
+as the server will decode it (``decoder_codec`` may be lossy), and send that
 decoder with the update. ``latent``: send the flattened update in parts, each
 coded by its own pipeline and each coding what the previous parts left:
 an optional coarse part, the latent part, an optional correction. Error
@@ -22,7 +23,7 @@ import torch
 from fedsqueeze.client.error_feedback import ErrorFeedback
 from fedsqueeze.client.trainers.base import Trainer, TrainResult
 from fedsqueeze.client.trainers.local import local_delta
-from fedsqueeze.codecs import LATENT_MODELS, Pipeline, get_pipeline, get_plan
+from fedsqueeze.codecs import LATENT_MODELS, CodecPlan, Pipeline, get_pipeline, get_plan
 from fedsqueeze.data.datasets import Dataset
 from fedsqueeze.methods import AutoencoderParams
 from fedsqueeze.methods.autoencoder.networks import (
@@ -34,6 +35,7 @@ from fedsqueeze.methods.autoencoder.networks import (
     AutoencoderSpec,
     ChunkAutoencoder,
     flatten,
+    relative_error,
     to_chunks,
     train_autoencoder,
 )
@@ -117,15 +119,25 @@ class AutoencoderTrainer(Trainer):
         if config["phase"] == "register":
             samples = np.concatenate([to_chunks(h, spec.chunk)[0] for h in self.history])
             autoencoder, error = train_autoencoder(samples, spec, params.ae_epochs, params.ae_lr, seed=self.seed)
+            decoder = {DECODER_PREFIX + k: v.detach().clone() for k, v in autoencoder.decoder.state_dict().items()}
+            served = self._as_served(get_plan(task.uplink_codec), decoder)
+            autoencoder.decoder.load_state_dict({k[len(DECODER_PREFIX):]: v for k, v in served.items()})
+            error = relative_error(autoencoder, samples)
             self.unload()
             self.registered = (config["decoder_id"], int(config["version"]), autoencoder)
             LATENT_MODELS.register(config["decoder_id"], int(config["version"]), AutoencoderModel(autoencoder))
             self.reference_error = None
             self.feedback = ErrorFeedback()
-            decoder = {DECODER_PREFIX + k: v.detach().clone() for k, v in autoencoder.decoder.state_dict().items()}
             metrics["ae_train_error"] = error
             return TrainResult({**delta, **decoder}, examples, metrics)
         return self._latent_update(task, params, flat, coarse, examples, metrics)
+
+    @staticmethod
+    def _as_served(plan: CodecPlan, decoder: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The decoder as the server will decode it from ``plan`` (``decoder_codec`` may be lossy: float16,
+        clustered); the client codes its latents against this copy, so both ends decode the same update."""
+        return {name: torch.from_numpy(round_trip(plan.for_tensor(name), value.numpy()).reshape(value.shape))
+                for name, value in decoder.items()}
 
     def _latent_update(self, task: pb.TrainTask, params: AutoencoderParams, flat: np.ndarray, coarse: Pipeline | None,
                        examples: int, metrics: dict[str, float]) -> TrainResult:
