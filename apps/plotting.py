@@ -66,3 +66,26 @@ def plot_systems(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_quality(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """One panel per setting: each row's mean final accuracy (bars: the seeds' range) against its total
+    bytes below a float32 FedAvg (log scale)."""
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    fig, axes = plt.subplots(1, max(1, len(settings)), figsize=(5.5 * max(1, len(settings)), 4.5), squeeze=False)
+    for ax, setting in zip(axes[0], settings, strict=False):
+        for r in (r for r in rows if r["setting"] == setting):
+            accuracy, ratio = r["final_accuracy"], r["total_vs_float32"]["mean"]
+            ax.errorbar([ratio], [accuracy["mean"]], fmt="o",
+                        yerr=[[accuracy["mean"] - accuracy["min"]], [accuracy["max"] - accuracy["mean"]]],
+                        label=f"{r['variant']} ({r['seeds']} seeds)", capsize=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("total bytes below a float32 FedAvg (x, log scale)")
+        ax.set_ylabel("final test accuracy")
+        ax.set_title(setting)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
