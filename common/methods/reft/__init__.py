@@ -15,7 +15,7 @@ class ReftParams(DistillationParams):
     public: str = param("procedural", "unlabelled distillation images: procedural, or a dataset other than the "
                         "federation's")
     public_samples: int = param(5000, "distillation images")
-    inplace_kd: float = param(1.0, "weight of in-place distillation: a client wider than the narrowest tier also "
+    inplace_kd: float = param(0.25, "weight of in-place distillation: a client wider than the narrowest tier also "
                               "trains that tier's nested sub-network towards its own outputs on each batch (0: off)")
 
     def check(self) -> None:
