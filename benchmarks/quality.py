@@ -91,9 +91,8 @@ def collect(setting: Setting, out: Path, reuse_only: bool) -> tuple[dict[int, di
     for seed in SEEDS:
         reports[seed] = {}
         for label, extra in setting.rows.items():
-            report = finished(setting, seed, label, out)
-            if report is None and not reuse_only:
-                report = run_variant(label, shlex.split(extra), setting.common(seed), setting.runs(seed, out))
+            report = (finished(setting, seed, label, out) if reuse_only   # run_variant reuses finished runs itself
+                      else run_variant(label, shlex.split(extra), setting.common(seed), setting.runs(seed, out)))
             if report is None:
                 missing.append(f"{setting.name}, seed {seed}: {label}")
             else:
